@@ -26,7 +26,7 @@ $(STAMP): $(BIN)/python setup.py settings.ini
 install: $(STAMP)
 
 demo: install
-	$(BIN)/python -m esa_nb.demo --out-dir $(DEMO_OUT)
+	$(BIN)/esa-baseline --profile smoke --out-dir $(DEMO_OUT)/baseline --overwrite
 
 nbtest: install
 	$(BIN)/nbdev_test --n_workers 2 --do_print
