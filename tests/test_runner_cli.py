@@ -1,0 +1,125 @@
+"""esa-runner and esa-compare: bad input (exit 2, one paragraph), reuse of saved scores, Ctrl-C safety, k sweeps."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import assert_clean_error, call_main, run_cli
+from esa_nb import runner
+from esa_nb.runner import main, compare_main
+
+
+def _args(model, out, *extra):
+    return ["--model", str(model), "--device", "cpu", "--seq-len", "32", "--max-samples", "6", "--eval-samples", "6",
+            "--topk", "10", "--mode", "global", "--no-progress", "--n-boot", "200", "--out-dir", str(out), *extra]
+
+
+BAD = {
+    "unknown metric": (["--metric", "fisher"], ["grad_x_weight", "grad_squared", "hessian_diag", "hutchinson_diag", "magnitude", "act_mag"]),
+    "unknown perturbation": (["--perturb", "gaussian"], ["zero", "sign_flip", "gauss_noise", "bit_flip"]),
+    "unknown control": (["--perturb", "zero", "--controls", "random_k,top_k"], ["random_k, bottom_k"]),
+    "prob above one": (["--perturb", "bit_flip", "--perturb-prob", "1.5"], ["prob"]),
+    "prob negative": (["--perturb", "bit_flip", "--perturb-prob", "-0.1"], ["prob"]),
+    "negative scale": (["--perturb", "sign_flip", "--perturb-scale", "-1"], ["scale"]),
+    "non-integer seeds": (["--seeds", "1,two"], ["--seeds", "not an integer"]),
+    "duplicate seeds": (["--seeds", "1,1"], ["--seeds", "duplicates"]),
+    "stability with one seed": (["--seeds", "1", "--stability-check"], ["at least two seeds"]),
+    "topk zero": (["--topk", "0"], ["--topk", "positive"]),
+    "topk beyond a tensor in per_layer": (["--mode", "per_layer", "--topk", "100000"], ["larger than tensor"]),
+    "topk beyond all weights": (["--topk", "100000000"], ["larger than the"]),
+    "include matches nothing": (["--include", "no_such_module"], ["no weights match", "q_proj"]),
+    "bad regex": (["--exclude", "(["], ["regular expression"]),
+    "max-samples zero": (["--max-samples", "0"], ["--max-samples"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input(case, tiny_dirs, tmp_path, capsys):
+    extra, needles = BAD[case]
+    assert_clean_error(call_main(main, _args(tiny_dirs["llama"], tmp_path / "run", *extra), capsys), *needles)
+
+
+def test_bad_input_subprocess(tmp_path):
+    p = run_cli("esa-runner", "--metric", "nope", "--out-dir", tmp_path / "r")
+    assert_clean_error(p, "grad_x_weight", "act_mag")
+
+
+def test_nan_scores_are_never_ranked(tmp_path, capsys):
+    from esa_nb.models import save_tiny
+    from transformers import AutoModelForCausalLM
+    d = save_tiny(tmp_path / "m", "llama")
+    m = AutoModelForCausalLM.from_pretrained(d)
+    with torch.no_grad(): m.model.layers[1].mlp.up_proj.weight[3, 4] = float("nan")
+    m.save_pretrained(d)
+    r = call_main(main, _args(d, tmp_path / "run", "--metric", "magnitude"), capsys)
+    assert_clean_error(r, "model.layers.1.mlp.up_proj.weight")
+
+
+def test_scores_from_and_reuse(tiny_dirs, tmp_path, capsys):
+    a = tmp_path / "prof"
+    assert call_main(main, _args(tiny_dirs["llama"], a, "--seeds", "3,4"), capsys).returncode == 0
+    # all four perturbations from one profiling run: no gradients recomputed
+    calls = []
+    orig = runner.compute_scores
+    runner.compute_scores = lambda *x, **k: calls.append(1) or orig(*x, **k)
+    try:
+        for p in ("zero", "sign_flip", "gauss_noise", "bit_flip"):
+            out = tmp_path / "elsewhere" / p
+            r = call_main(main, _args(tiny_dirs["llama"], out, "--seeds", "3,4", "--perturb", p, "--perturb-prob", "0.5",
+                                      "--scores-from", a), capsys)
+            assert r.returncode == 0, r.stderr
+            man = json.loads((out / "experiment_manifest.json").read_text())
+            assert len(man["score_reuse"]) == 2
+    finally: runner.compute_scores = orig
+    assert calls == []
+    # scores from another metric, model or data are refused with the reason
+    for extra, needle in ((["--metric", "magnitude"], "metric"), (["--seq-len", "24"], "calibration data")):
+        r = call_main(main, _args(tiny_dirs["llama"], tmp_path / "x", "--seeds", "3,4", "--scores-from", a, *extra), capsys)
+        assert_clean_error(r, "--scores-from", needle)
+    r = call_main(main, _args(tiny_dirs["gpt2"], tmp_path / "y", "--seeds", "3,4", "--scores-from", a), capsys)
+    assert_clean_error(r, "--scores-from", "model")
+
+
+def test_ctrl_c_keeps_files_complete_and_rerun_reuses_scores(tiny_dirs, tmp_path, capsys):
+    out = tmp_path / "run"
+    orig = runner.run_condition
+    def boom(*a, **k): raise KeyboardInterrupt
+    runner.run_condition = boom
+    try: r = call_main(main, _args(tiny_dirs["llama"], out, "--seeds", "5", "--perturb", "zero"), capsys)
+    finally: runner.run_condition = orig
+    assert r.returncode == 130
+    for f in out.rglob("*"):  # everything written is complete: JSON parses, no temp files left
+        assert not f.name.endswith(".tmp"), f
+        if f.suffix == ".json": json.loads(f.read_text())
+    assert (out / "scores" / "seed5.safetensors").is_file()
+    r = call_main(main, _args(tiny_dirs["llama"], out, "--seeds", "5", "--perturb", "zero", "--overwrite"), capsys)
+    assert r.returncode == 0
+    assert json.loads((out / "experiment_manifest.json").read_text())["score_reuse"]
+
+
+def test_k_sweep_and_compare(tiny_dirs, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    r = call_main(main, _args(tiny_dirs["gpt2"], out, "--topk", "5,10,20", "--perturb", "zero", "--seeds", "1"), capsys)
+    assert r.returncode == 0, r.stderr
+    import csv
+    rows = list(csv.DictReader(open(out / "dose_response.csv")))
+    assert {int(r["k"]) for r in rows} == {5, 10, 20} and {r["condition"] for r in rows} == {"super_weights", "random_k", "bottom_k"}
+    mag = tmp_path / "mag"
+    assert call_main(main, _args(tiny_dirs["gpt2"], mag, "--metric", "magnitude", "--seeds", "1"), capsys).returncode == 0
+    cmp_out = tmp_path / "cmp"
+    r = call_main(compare_main, [str(out), str(mag), "--topk", "10", "--out-dir", str(cmp_out)], capsys)
+    assert r.returncode == 0, r.stderr
+    ag = json.loads((cmp_out / "agreement.json").read_text())
+    assert ag["jaccard"][0][0] == 1.0 and len(ag["spearman"]) == 2
+    assert (cmp_out / "agreement_jaccard.csv").is_file()
+    assert_clean_error(call_main(compare_main, [str(out), str(tmp_path)], capsys), "not an esa-runner run directory")
+
+
+def test_default_out_dir_and_aliases(tiny_dirs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = run_cli("phase1_runner_enhanced", "--model", tiny_dirs["gpt2"], "--device", "cpu", "--seq-len", "32", "--max-samples",
+                "4", "--eval-samples", "4", "--topk", "5", "--metric", "magnitude", "--save-plots", "--no-progress", check=0)
+    d = tmp_path / "outputs" / "esa" / "tiny-gpt2" / "magnitude_per_layer_k5"
+    assert (d / "top_weights.csv").is_file(), p.stdout
+    assert run_cli("esa_runner", "--help", check=0).stdout.startswith("usage: esa-runner")
