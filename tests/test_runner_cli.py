@@ -75,7 +75,7 @@ def test_scores_from_and_reuse(tiny_dirs, tmp_path, capsys):
     assert calls == []
     # scores from another metric, model or data are refused with the reason
     for extra, needle in ((["--metric", "magnitude"], "metric"), (["--seq-len", "24"], "calibration data")):
-        r = call_main(main, _args(tiny_dirs["llama"], tmp_path / "x", "--seeds", "3,4", "--scores-from", a, *extra), capsys)
+        r = call_main(main, _args(tiny_dirs["llama"], tmp_path / f"x{needle[:4]}", "--seeds", "3,4", "--scores-from", a, *extra), capsys)
         assert_clean_error(r, "--scores-from", needle)
     r = call_main(main, _args(tiny_dirs["gpt2"], tmp_path / "y", "--seeds", "3,4", "--scores-from", a), capsys)
     assert_clean_error(r, "--scores-from", "model")
