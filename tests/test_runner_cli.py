@@ -123,3 +123,24 @@ def test_default_out_dir_and_aliases(tiny_dirs, tmp_path, monkeypatch):
     d = tmp_path / "outputs" / "esa" / "tiny-gpt2" / "magnitude_per_layer_k5"
     assert (d / "top_weights.csv").is_file(), p.stdout
     assert run_cli("esa_runner", "--help", check=0).stdout.startswith("usage: esa-runner")
+
+
+@pytest.mark.parametrize("metric", ["grad_x_weight", "grad_squared", "hessian_diag", "hutchinson_diag", "magnitude", "act_mag"])
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_every_metric_through_the_runner(metric, family, tiny_dirs, tmp_path, capsys):
+    out = tmp_path / "run"
+    r = call_main(main, _args(tiny_dirs[family], out, "--metric", metric, "--seeds", "1", "--hutchinson-samples", "2"), capsys)
+    assert r.returncode == 0, r.stderr
+    import csv
+    rows = list(csv.DictReader(open(out / "top_weights.csv")))
+    assert len(rows) == 10 and all(float(x["score"]) >= 0 for x in rows)
+    if metric in ("hessian_diag", "hutchinson_diag"): assert "hessian_diag" in rows[0]
+    # coordinates are in the nn.Linear convention for both families: row < out_features, col < in_features
+    from esa_nb.models import load_model
+    from esa_nb.weights import select_weights
+    m, _ = load_model(str(tiny_dirs[family]), device="cpu")
+    refs = {w.name: w for w in select_weights(m)}
+    for x in rows:
+        ref = refs[x["tensor"]]
+        assert int(x["row"]) < ref.shape[0] and int(x["col"]) < ref.shape[1]
+        assert float(x["weight"]) == float(ref.linear_view()[int(x["row"]), int(x["col"])])
