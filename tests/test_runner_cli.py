@@ -144,3 +144,12 @@ def test_every_metric_through_the_runner(metric, family, tiny_dirs, tmp_path, ca
         ref = refs[x["tensor"]]
         assert int(x["row"]) < ref.shape[0] and int(x["col"]) < ref.shape[1]
         assert float(x["weight"]) == float(ref.linear_view()[int(x["row"]), int(x["col"])])
+
+
+def test_compare_per_layer_takes_k_of_every_tensor(tiny_dirs, tmp_path, capsys):
+    out = tmp_path / "pl"
+    assert call_main(main, _args(tiny_dirs["llama"], out, "--metric", "magnitude", "--mode", "per_layer", "--seeds", "1"),
+                     capsys).returncode == 0
+    from esa_nb.runner import agreement
+    ag = agreement([out, out], k=3)
+    assert ag["union_size"] == 3 * 14 and ag["jaccard"][0][1] == 1.0  # 3 from each of the 14 block projections
