@@ -153,3 +153,14 @@ def test_compare_per_layer_takes_k_of_every_tensor(tiny_dirs, tmp_path, capsys):
     from esa_nb.runner import agreement
     ag = agreement([out, out], k=3)
     assert ag["union_size"] == 3 * 14 and ag["jaccard"][0][1] == 1.0  # 3 from each of the 14 block projections
+
+
+def test_bit_flips_are_recorded(tiny_dirs, tmp_path, capsys):
+    out = tmp_path / "bf"
+    r = call_main(main, _args(tiny_dirs["llama"], out, "--seeds", "7", "--perturb", "bit_flip", "--perturb-prob", "1.0",
+                              "--bit", "sign"), capsys)
+    assert r.returncode == 0, r.stderr
+    bf = json.loads((out / "bit_flips.json").read_text())
+    flips = bf["flips"]["10"]["super_weights"]["7"]
+    assert len(flips["index"]) == 10 and set(flips["bit"]) == {31}
+    assert all(o == -n for o, n in zip(flips["old"], flips["new"]))  # the sign bit negates
