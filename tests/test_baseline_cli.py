@@ -77,3 +77,8 @@ def test_bad_input_subprocess(tmp_path):
     "The installed command itself exits 2 with one paragraph and no traceback."
     assert_clean_error(run_cli("esa-baseline", "--model", tmp_path / "missing/", "--out-dir", tmp_path / "run"),
                        "neither a model directory")
+
+
+def test_refused_under_torchrun(tiny_dirs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert_clean_error(call_main(main, ["--model", tiny_dirs["llama"], "--out-dir", tmp_path / "r"], capsys), "esa-runner")

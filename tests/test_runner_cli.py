@@ -164,3 +164,34 @@ def test_bit_flips_are_recorded(tiny_dirs, tmp_path, capsys):
     flips = bf["flips"]["10"]["super_weights"]["7"]
     assert len(flips["index"]) == 10 and set(flips["bit"]) == {31}
     assert all(o == -n for o, n in zip(flips["old"], flips["new"]))  # the sign bit negates
+
+
+def test_review_guards(tiny_dirs, tmp_path, capsys):
+    m = tiny_dirs["llama"]
+    # every calibration block for every seed: stability would be 1 by construction
+    assert_clean_error(call_main(main, _args(m, tmp_path / "a", "--seeds", "1,2", "--stability-check", "--max-samples",
+                                             "100000"), capsys), "same calibration data")
+    # random_k needs k weights outside the top-k of every tensor
+    assert_clean_error(call_main(main, _args(m, tmp_path / "b", "--mode", "per_layer", "--topk", "300", "--perturb", "zero"),
+                                 capsys), "random_k draws 300")
+    # a corrupt score file given with --scores-from
+    bad = tmp_path / "c" / "scores"; bad.mkdir(parents=True); (bad / "seed1.safetensors").write_bytes(b"not a file")
+    assert_clean_error(call_main(main, _args(m, tmp_path / "d", "--seeds", "1", "--scores-from", tmp_path / "c"), capsys),
+                       "not a readable score file")
+    # --overwrite never leaves a previous run's results behind
+    out = tmp_path / "e"
+    assert call_main(main, _args(m, out, "--seeds", "1", "--perturb", "zero"), capsys).returncode == 0
+    assert (out / "perturbation_results.json").is_file()
+    assert call_main(main, _args(m, out, "--seeds", "1", "--overwrite"), capsys).returncode == 0
+    assert not (out / "perturbation_results.json").exists() and (out / "scores" / "seed1.safetensors").is_file()
+    # esa-compare refuses runs of different modes
+    pl = tmp_path / "f"
+    assert call_main(main, _args(m, pl, "--seeds", "1", "--mode", "per_layer", "--topk", "3"), capsys).returncode == 0
+    assert_clean_error(call_main(compare_main, [str(out), str(pl), "--out-dir", str(tmp_path / "g")], capsys), "--mode")
+
+
+def test_pooled_ci_over_seeds(tiny_dirs, tmp_path, capsys):
+    out = tmp_path / "p"
+    assert call_main(main, _args(tiny_dirs["gpt2"], out, "--seeds", "1,2", "--perturb", "sign_flip"), capsys).returncode == 0
+    pr = json.loads((out / "perturbation_results.json").read_text())
+    assert pr["super_weights"]["ci_method"].startswith("two-level bootstrap") and len(pr["super_weights"]["delta_nll_per_seed"]) == 2
