@@ -9,7 +9,7 @@ BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.esa_nb_installed
 DEMO_OUT    ?= outputs/demo
 
-.PHONY: install demo test nbtest pytest sync bench clean
+.PHONY: install demo test nbtest pytest sync docs-check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ install: $(STAMP)
 # The full pipeline on the embedded SmolLM2-135M and the builtin pydoc corpus: baseline, grad_x_weight scores,
 # global top-k, zeroing against random_k and bottom_k over two seeds, stability, and every chart.
 DEMO_ARGS ?= --metric grad_x_weight --mode global --topk 100 --max-samples 16 --eval-samples 16 --seq-len 128 \
-	--perturb zero --controls random_k,bottom_k --seeds 1337,123 --stability-check --save-plots
+	--perturb zero --controls random_k,bottom_k,matched_k --seeds 1337,123 --stability-check --save-plots
 
 demo: install
 	$(BIN)/esa-runner $(DEMO_ARGS) --out-dir $(DEMO_OUT) --overwrite
@@ -47,7 +47,12 @@ sync: install
 	  git status --porcelain -- nbs esa_nb; exit 1; fi
 	@echo "sync check: notebooks and esa_nb/ are in step"
 
-test: install nbtest pytest sync
+# The step of nbdev_docs that runs before Quarto (which is not installed here): every notebook must pre-process.
+docs-check: install
+	$(BIN)/nbdev_proc_nbs
+	@echo "docs check: every notebook pre-processes (nbdev_proc_nbs)"
+
+test: install nbtest docs-check pytest sync
 
 bench: install
 	$(BIN)/python bench/run.py

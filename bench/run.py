@@ -124,7 +124,8 @@ def w_load(a):
         import argparse as ap
         from esa_nb.data import load_text
         from esa_nb.evaluate import evaluate
-        from esa_nb.runner import run_condition
+        from esa_nb.study import run_condition
+        from esa_nb.config import EsaConfig
         from esa_nb.weights import select_weights
         from esa_nb.perturb import perturbed
         dev = next(model.parameters()).device
@@ -138,9 +139,8 @@ def w_load(a):
         params = {r.name: r.param for r in refs}
         g = torch.Generator().manual_seed(0)
         sel = {r.name: torch.randperm(r.numel, generator=g)[:100].sort().values for r in refs}  # per_layer k=100
-        ns = ap.Namespace(perturb="zero", perturb_scale=1.0, perturb_prob=1.0, bit="random", noise="relative",
-                          batch_size=a["bs"], no_progress=True, n_boot=2000, loss_chunk=None)
-        tc, _ = _timed(lambda: run_condition(model, params, sel, E, base, ns, seed=1), dev)
+        cfg = EsaConfig(perturb="zero", batch_size=a["bs"], no_progress=True, n_boot=2000)
+        tc, _ = _timed(lambda: run_condition(model, params, sel, E, base, cfg.settings, cfg, seed=1), dev)
         def just_perturb():
             with perturbed(params, sel, "zero", generator=1): pass
         tp, _ = _timed(just_perturb, dev)

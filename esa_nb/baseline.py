@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -15,7 +16,7 @@ from .core import (EsaError, RunManifest, cli_entry, get_logger, prepare_out_dir
                          write_json)
 from .models import DEFAULT_MODEL, context_length, load_model, parse_device_map
 from .data import load_text
-from .evaluate import evaluate, check_plausibility
+from .evaluate import evaluate, check_plausibility, text_overlap, text_warnings
 
 # %% auto #0
 __all__ = ['PROFILES', 'add_model_args', 'add_data_args', 'add_run_args', 'check_positive', 'model_slug', 'start_run',
@@ -122,10 +123,17 @@ def run_baseline(model, # the loaded model
                  loss_chunk:int|None=None, # positions per output-head chunk (None: full logits)
                  dist=None, # a torchrun job (`esa_nb.distributed.DistEnv`): blocks shared among ranks; None: one process
                 )->dict:
-    "Evaluate the unmodified model on the evaluation blocks and apply the plausibility guard (on the writing rank)."
+    "Check the text (`text_overlap`), evaluate the unmodified model on the evaluation blocks, apply the plausibility guard; warn on the writing rank."
+    writer = dist is None or dist.is_main
+    checks = text_overlap(data.calib, data.eval)
+    text_warn = text_warnings(checks) if writer else []
+    log = logging.getLogger("esa_nb")
+    if not log.handlers: log = get_logger()  # set up once; never reset a run's --verbose level
+    for w in text_warn: log.warning(w)
     res = evaluate(model, data.eval, batch_size=batch_size, progress=progress, desc="baseline", loss_chunk=loss_chunk, dist=dist)
-    res["warnings"] = check_plausibility(res) if dist is None or dist.is_main else []
+    res["warnings"] = (check_plausibility(res) if writer else []) + text_warn
     res["seq_len"] = int(data.eval.shape[1])
+    res["text_checks"] = checks
     return res
 
 def baseline_parser()->argparse.ArgumentParser:

@@ -10,6 +10,8 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable
 
 import torch
 from torch import nn
@@ -23,12 +25,9 @@ from .evaluate import input_device, sequence_nll, output_head, last_hidden
 from .weights import WeightRef, _conv1d_type
 
 # %% auto #0
-__all__ = ['METRICS', 'HESSIAN_METRICS', 'ScoreResult', 'compute_scores']
+__all__ = ['METRIC_SPECS', 'METRICS', 'HESSIAN_METRICS', 'ScoreResult', 'MetricSpec', 'metric_spec', 'compute_scores']
 
 # %% ../nbs/06_metrics.ipynb #7da86f11
-METRICS = ("grad_x_weight", "grad_squared", "hessian_diag", "hutchinson_diag", "magnitude", "act_mag")
-HESSIAN_METRICS = ("hessian_diag", "hutchinson_diag")
-
 @dataclass
 class ScoreResult:
     "Scores of one metric: fp32 tensors in each parameter's native shape and device, plus how they were computed."
@@ -49,6 +48,18 @@ def _f32_copy(p:torch.Tensor # the parameter
              )->torch.Tensor:
     "An fp32 copy of `p` (one allocation, also for half-precision `p`)."
     return torch.empty(p.shape, dtype=torch.float32, device=p.device).copy_(p.detach())
+
+@dataclass
+class _Run:
+    "The settings of one `compute_scores` call, as every metric implementation receives them."
+    batch_size:int=4 # blocks per forward/backward pass (micro-batch)
+    seed:int=0 # seeds the Hutchinson probes and the sampled labels of hessian_diag
+    hutchinson_samples:int=8 # Rademacher probes K for hutchinson_diag
+    hessian_mc_samples:int=4 # sampled labels S per sequence and position for hessian_diag
+    progress:bool=True # show tqdm progress bars
+    loss_chunk:int|None=None # positions per output-head chunk in the loss (None: full logits)
+    dist:DistEnv|None=None # torchrun job: every rank scores its share of the blocks; sums all-reduced
+    notes:list=field(default_factory=list) # what the run reports in `info["notes"]` (appended to)
 
 @contextlib.contextmanager
 def _grad_scope(model:nn.Module, # the causal LM
@@ -76,6 +87,7 @@ def _set_trainable(refs:list, # all selected WeightRefs
     ids = {id(r.param) for r in active}
     for r in refs: r.param.requires_grad_(id(r.param) in ids)
 
+# %% ../nbs/06_metrics.ipynb #9deb83e5
 def _owners(model:nn.Module # the causal LM
            )->dict:
     "id(parameter) -> list of (module name, attribute name, module) that hold it directly (several for tied weights)."
@@ -101,8 +113,10 @@ def _bar(total:int, # steps
          desc:str, # label
          progress:bool, # False: disabled
         ):
+    "A tqdm progress bar that disappears when done."
     return tqdm(total=total, desc=desc, disable=not progress, leave=False)
 
+# %% ../nbs/06_metrics.ipynb #5e5c24cd
 def _shard(blocks:torch.Tensor, # [N, T] all calibration blocks (the same on every rank)
            dist:DistEnv|None, # torchrun job, or None
           )->tuple[torch.Tensor, int]:
@@ -125,17 +139,19 @@ def _reduce(tensors, # fp32 accumulators (sums over this rank's blocks)
     for t in tensors: all_reduce_(t, dist)
 
 # %% ../nbs/06_metrics.ipynb #dcb958af
-def _magnitude(refs:list # selected WeightRefs
+def _magnitude(model:nn.Module, # the causal LM (not used: magnitude needs no forward pass)
+               refs:list, # selected WeightRefs
+               blocks:torch.Tensor|None, # calibration token ids (not used)
+               run:_Run, # the call's settings (not used)
               )->dict:
+    "|w| in fresh fp32 tensors."
     return {r.name: _f32_copy(r.param).abs_() for r in refs}
 
 # %% ../nbs/06_metrics.ipynb #d5601999
 def _act_mag(model:nn.Module, # the causal LM
              refs:list, # selected WeightRefs
              blocks:torch.Tensor, # [N, T] calibration token ids (all of them, on every rank)
-             batch_size:int, # blocks per forward pass
-             progress:bool, # show a progress bar
-             dist:DistEnv|None=None, # torchrun job: this rank's blocks only, sums of squares all-reduced
+             run:_Run, # batch_size, progress, dist (this rank's blocks only, sums of squares all-reduced)
             )->dict:
     "Wanda scores |W|·‖X‖₂ from one inference-mode pass over the calibration blocks."
     owners, conv1d = _owners(model), _conv1d_type()
@@ -162,14 +178,14 @@ def _act_mag(model:nn.Module, # the causal LM
     try:
         model.eval()
         dev = input_device(model)
-        local, _ = _shard(blocks, dist)
+        local, _ = _shard(blocks, run.dist)
         with torch.inference_mode():
-            for i in tqdm(range(0, len(local), batch_size), desc="act_mag", disable=not progress, leave=False):
-                model(input_ids=local[i:i + batch_size].to(dev), use_cache=False)
+            for i in tqdm(range(0, len(local), run.batch_size), desc="act_mag", disable=not run.progress, leave=False):
+                model(input_ids=local[i:i + run.batch_size].to(dev), use_cache=False)
     finally:
         for h in handles: h.remove()
         model.train(was_training)
-    _reduce(sumsq.values(), dist)  # Σx² over all ranks' blocks, before the square root
+    _reduce(sumsq.values(), run.dist)  # Σx² over all ranks' blocks, before the square root
     out = {}
     for r in refs:
         norm = sumsq.pop(r.name).sqrt_()
@@ -185,37 +201,35 @@ def _accumulate_hook(buf:torch.Tensor # fp32 buffer the gradient is added to
         buf.add_(p.grad); p.grad = None
     return hook
 
+def _check_tokens(n_tok:int, # tokens sequence_nll scored
+                  T_tot:int, # N*(T-1)
+                 )->None:
+    "Refuse a scored-token count other than N*(T-1) (the loss must score every position but the first of each block)."
+    if n_tok != T_tot: raise RuntimeError(f"sequence_nll scored {n_tok} tokens, expected N*(T-1) = {T_tot} (no padding)")
+
 def _grad_x_weight(model:nn.Module, # the causal LM (inside `_grad_scope`)
                    refs:list, # selected WeightRefs
                    blocks:torch.Tensor, # [N, T] calibration token ids (all of them, on every rank)
-                   batch_size:int, # blocks per micro-batch
-                   progress:bool, # show a progress bar
-                   loss_chunk:int|None=None, # positions per output-head chunk (None: full logits)
-                   dist:DistEnv|None=None, # torchrun job: this rank's blocks only, gradients all-reduced
+                   run:_Run, # batch_size, progress, loss_chunk, dist (this rank's blocks only, gradients all-reduced)
                   )->dict:
     "|w ⊙ ∂L/∂w|, the gradient accumulated over micro-batches into fp32 buffers by post-accumulate-grad hooks."
     N, T = blocks.shape
     T_tot = N * (T - 1)  # global: every rank holds all blocks and scores its share
-    local, _ = _shard(blocks, dist)
+    local, _ = _shard(blocks, run.dist)
     bufs = {r.name: _f32_zeros(r.param) for r in refs}
     handles = [r.param.register_post_accumulate_grad_hook(_accumulate_hook(bufs[r.name])) for r in refs]
-    n_tok = 0
+    n_tok, bs = 0, run.batch_size
     try:
-        for i in tqdm(range(0, len(local), batch_size), desc="grad_x_weight", disable=not progress, leave=False):
-            nll, n, _ = sequence_nll(model, local[i:i + batch_size], loss_chunk=loss_chunk)
+        for i in tqdm(range(0, len(local), bs), desc="grad_x_weight", disable=not run.progress, leave=False):
+            nll, n, _ = sequence_nll(model, local[i:i + bs], loss_chunk=run.loss_chunk)
             (nll.sum() / T_tot).backward()
             n_tok += int(n.sum())
     finally:
         for h in handles: h.remove()
-    _reduce(bufs.values(), dist)  # g = Σ_ranks g_rank, before |w·g|
-    _check_tokens(_total(n_tok, dist), T_tot)
+    _reduce(bufs.values(), run.dist)  # g = Σ_ranks g_rank, before |w·g|
+    _check_tokens(_total(n_tok, run.dist), T_tot)
     for r in refs: bufs[r.name].mul_(r.param.detach()).abs_()
     return bufs
-
-def _check_tokens(n_tok:int, # tokens sequence_nll scored
-                  T_tot:int, # N*(T-1)
-                 )->None:
-    if n_tok != T_tot: raise RuntimeError(f"sequence_nll scored {n_tok} tokens, expected N*(T-1) = {T_tot} (no padding)")
 
 # %% ../nbs/06_metrics.ipynb #b6d006c3
 def _prod_dtype(dt:torch.dtype # the gradient's dtype
@@ -246,6 +260,7 @@ def _checkpointed_modules(model:nn.Module # the causal LM
             out.update(id(c) for c in m.modules())
     return out
 
+# %% ../nbs/06_metrics.ipynb #84fb301f
 class _SeqGradSquares:
     "Forward and full backward hooks that add each sequence's squared weight gradient into fp32 buffers (Linear/Conv1D)."
     def __init__(self, items:list, # (WeightRef, owning Linear/Conv1D module) pairs
@@ -308,7 +323,116 @@ class _SeqGradSquares:
                 buf.addcmul_(G, G)
         return hook
 
+# %% ../nbs/06_metrics.ipynb #560eef14
+def _hooked_pass(model:nn.Module, # the causal LM (inside `_grad_scope`)
+                 refs:list, # all selected WeightRefs
+                 hooked:list, # (WeightRef, Linear/Conv1D module) pairs squared by the layer hooks
+                 bufs:dict, # name -> fp32 buffer
+                 local:torch.Tensor, # this rank's blocks
+                 start:int, # global index of its first block
+                 batch_size:int, # blocks per micro-batch
+                 backward:Callable, # the metric's backward function
+                 loss_chunk:int|None, # positions per output-head chunk (None: full logits)
+                 bar, # progress bar, one step per micro-batch
+                )->int:
+    "The hooked layers' phase: micro-batches through `_SeqGradSquares`; returns the tokens scored."
+    # the hooks need only each layer's output gradient δ. With the embeddings' output requiring grad the backward
+    # pass reaches every layer while no weight requires grad, so autograd never forms the batch gradient of the
+    # weights (a third of a forward+backward) only to throw it away
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    lean = isinstance(emb, nn.Module)
+    _set_trainable(refs, [] if lean else [r for r, _ in hooked])
+    extra = [emb.register_forward_hook(_output_requires_grad)] if lean else []
+    hk, n_tok = _SeqGradSquares(hooked, bufs, model, drop_grads=not lean), 0
+    try:
+        for i in range(0, len(local), batch_size):
+            ids = local[i:i + batch_size]
+            hk.reset(len(ids))
+            n_tok += backward(model, ids, slice(start + i, start + i + len(ids)), loss_chunk, hk)
+            bar.update()
+    finally:
+        hk.remove()
+        for h in extra: h.remove()
+    return n_tok
+
+def _fallback_pass(model:nn.Module, # the causal LM (inside `_grad_scope`)
+                   refs:list, # all selected WeightRefs
+                   fallback:list, # the WeightRefs without a single Linear/Conv1D owner
+                   bufs:dict, # name -> fp32 buffer
+                   local:torch.Tensor, # this rank's blocks
+                   start:int, # global index of its first block
+                   backward:Callable, # the metric's backward function
+                   loss_chunk:int|None, # positions per output-head chunk (None: full logits)
+                   bar, # progress bar, one step per sequence
+                  )->int:
+    "The other weights' phase: one sequence at a time, autograd's gradient squared by a hook; returns the tokens scored."
+    _set_trainable(refs, fallback)
+    handles, n_tok = [r.param.register_post_accumulate_grad_hook(_square_hook(bufs[r.name])) for r in fallback], 0
+    try:
+        for i in range(len(local)):
+            n_tok += backward(model, local[i:i + 1], slice(start + i, start + i + 1), loss_chunk)
+            bar.update()
+    finally:
+        for h in handles: h.remove()
+    return n_tok
+
+# %% ../nbs/06_metrics.ipynb #f536951a
+def _per_sequence(model:nn.Module, # the causal LM (inside `_grad_scope`)
+                  refs:list, # selected WeightRefs
+                  blocks:torch.Tensor, # [N, T] calibration token ids (all of them, on every rank)
+                  run:_Run, # batch_size (hooked weights), progress, loss_chunk, dist, notes
+                  name:str, # the metric, for the progress bar and the notes
+                  backward:Callable, # backward(model, ids, rows, loss_chunk, hooks=None) -> tokens scored
+                 )->dict:
+    "Σ_n G_n² over all sequences of the per-sequence gradients of `backward`'s loss: fp32, summed over ranks, not normalised."
+    N, T = blocks.shape
+    T_tot = N * (T - 1)  # global: every rank holds all blocks and scores its share
+    local, start = _shard(blocks, run.dist)
+    owners = _owners(model)
+    bufs = {r.name: _f32_zeros(r.param) for r in refs}
+    hooked = [(r, m) for r in refs if (m := _linear_owner(r, owners)) is not None]
+    fallback = [r for r in refs if _linear_owner(r, owners) is None]
+    loss_chunk, head = run.loss_chunk, output_head(model)
+    if loss_chunk and head is not None and any(m is head[1] for _, m in hooked):
+        loss_chunk = None  # the chunked head would run (and be hooked) once per chunk
+        run.notes.append(f"{name}: the output head is selected, so its loss is computed from full logits (no --loss-chunk)")
+    nb = math.ceil(len(local) / run.batch_size)
+    with _bar(nb * bool(hooked) + len(local) * bool(fallback), name, run.progress) as bar, warnings.catch_warnings():
+        # expected for a first selected layer, whose input needs no gradient: its hook still gets grad_output
+        warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect to module outputs")
+        if hooked:
+            n_tok = _hooked_pass(model, refs, hooked, bufs, local, start, run.batch_size, backward, loss_chunk, bar)
+            _check_tokens(_total(n_tok, run.dist), T_tot)
+        if fallback:
+            n_tok = _fallback_pass(model, refs, fallback, bufs, local, start, backward, loss_chunk, bar)
+            _check_tokens(_total(n_tok, run.dist), T_tot)
+    _reduce(bufs.values(), run.dist)  # Σ over all ranks' sequences of the squares, before the global normaliser
+    return bufs
+
 # %% ../nbs/06_metrics.ipynb #7f073018
+def _mean_nll_backward(model:nn.Module, # the causal LM
+                       ids:torch.Tensor, # [B, T] token ids of one micro-batch
+                       rows:slice, # their global block indices (not used)
+                       loss_chunk:int|None=None, # positions per output-head chunk (None: full logits)
+                       hooks:_SeqGradSquares|None=None, # told when the backward pass starts (activation checkpointing)
+                      )->int:
+    "grad_squared's backward pass, of the sum over sequences of each sequence's mean NLL; returns the tokens scored."
+    nll, n, _ = sequence_nll(model, ids, loss_chunk=loss_chunk)
+    if hooks is not None: hooks.backward_phase()
+    (nll / n).sum().backward()
+    return int(n.sum())
+
+def _grad_squared(model:nn.Module, # the causal LM (inside `_grad_scope`)
+                  refs:list, # selected WeightRefs
+                  blocks:torch.Tensor, # [N, T] calibration token ids (all of them, on every rank)
+                  run:_Run, # batch_size, progress, loss_chunk, dist, notes
+                 )->dict:
+    "Diagonal empirical Fisher (1/N) Σ_n (∂ℓ̄_n/∂w)², in fp32 buffers."
+    bufs = _per_sequence(model, refs, blocks, run, "grad_squared", _mean_nll_backward)
+    for b in bufs.values(): b.mul_(1.0 / len(blocks))
+    return bufs
+
+# %% ../nbs/06_metrics.ipynb #1d59b7f1
 def _neg_logp_at(head:nn.Module, # the output head
                  h:torch.Tensor, # [c, H] hidden states of c positions
                  y:torch.Tensor, # [c, S] sampled labels
@@ -326,111 +450,68 @@ def _sample(logp:torch.Tensor, # [..., V] log-probabilities (at least fp32)
     v = u.to(cdf.device, cdf.dtype) * cdf[..., -1:]
     return torch.searchsorted(cdf, v.contiguous(), right=True).clamp_(max=cdf.shape[-1] - 1)
 
-def _seq_backward(model:nn.Module, # the causal LM
-                  ids:torch.Tensor, # [B, T] token ids of one micro-batch
-                  metric:str, # 'grad_squared' or 'hessian_diag'
-                  u:torch.Tensor|None, # hessian_diag: [B, S, T-1] uniforms for the sampled labels
-                  loss_chunk:int|None=None, # positions per output-head chunk (None: full logits)
-                  hooks:_SeqGradSquares|None=None, # told when the backward pass starts (activation checkpointing)
-                 )->int:
-    "Forward one micro-batch and run the backward pass(es) whose per-sequence gradients the hooks square; returns tokens."
-    bwd = hooks.backward_phase if hooks is not None else (lambda: None)
-    if metric == "grad_squared":
-        nll, n, _ = sequence_nll(model, ids, loss_chunk=loss_chunk)
-        bwd(); (nll / n).sum().backward()  # sum over sequences of each sequence's mean NLL
-        return int(n.sum())
+# %% ../nbs/06_metrics.ipynb #b877c9e6
+def _sampled_nll_full(model:nn.Module, # the causal LM
+                      ids:torch.Tensor, # [B, T] token ids on the input device
+                      u:torch.Tensor, # [B, S, T-1] uniforms of the label sampling
+                     )->torch.Tensor:
+    "[B, T-1, S] -log p(ŷ) from full logits (log-softmax in at least fp32), labels sampled without a graph."
+    lg = model(input_ids=ids, use_cache=False).logits[:, :-1]
+    logp = torch.log_softmax(lg, dim=-1, dtype=torch.promote_types(lg.dtype, torch.float32))  # at least fp32
+    del lg  # autograd keeps only logp for the softmax's backward
+    with torch.no_grad(): y = _sample(logp.detach(), u.permute(0, 2, 1))  # [B, T-1, S]
+    return -logp.gather(-1, y)
+
+def _sampled_nll_chunked(model:nn.Module, # the causal LM
+                         head:nn.Module, # its output head
+                         ids:torch.Tensor, # [B, T] token ids on the input device
+                         u:torch.Tensor, # [B, S, T-1] uniforms of the label sampling
+                         loss_chunk:int, # positions per output-head chunk
+                        )->torch.Tensor:
+    "[B*(T-1), S] -log p(ŷ): sampled per chunk without a graph, then recomputed per chunk under checkpoint in each backward."
+    h = last_hidden(model, ids)
+    S = u.shape[1]
+    hf, uf = h.reshape(-1, h.shape[-1]), u.permute(0, 2, 1).reshape(-1, S)
+    sel = []
+    for a in range(0, len(hf), loss_chunk):
+        with torch.no_grad():
+            lg = head(hf[a:a + loss_chunk])
+            y = _sample(torch.log_softmax(lg, -1, dtype=torch.promote_types(lg.dtype, torch.float32)), uf[a:a + loss_chunk])
+        sel.append(checkpoint(_neg_logp_at, head, hf[a:a + loss_chunk], y, use_reentrant=False))
+    return torch.cat(sel)
+
+def _sampled_backward(model:nn.Module, # the causal LM
+                      ids:torch.Tensor, # [B, T] token ids of one micro-batch
+                      rows:slice, # their global block indices (rows of `u`)
+                      loss_chunk:int|None=None, # positions per output-head chunk (None: full logits)
+                      hooks:_SeqGradSquares|None=None, # told when the backward pass starts (activation checkpointing)
+                      u:torch.Tensor|None=None, # [N, S, T-1] uniforms of all blocks (bound with `functools.partial`)
+                     )->int:
+    "hessian_diag's backward passes: one forward, then S backward passes of (1/(T-1)) Σ_t -log p(ŷ^(s)); returns tokens."
     ids = ids.to(input_device(model))
-    T1, S = ids.shape[1] - 1, u.shape[1]
+    u, T1 = u[rows], ids.shape[1] - 1
+    S = u.shape[1]
     parts = output_head(model) if loss_chunk else None
-    if parts is None:
-        lg = model(input_ids=ids, use_cache=False).logits[:, :-1]
-        logp = torch.log_softmax(lg, dim=-1, dtype=torch.promote_types(lg.dtype, torch.float32))  # at least fp32
-        del lg  # autograd keeps only logp for the softmax's backward
-        with torch.no_grad(): y = _sample(logp.detach(), u.permute(0, 2, 1))  # [B, T-1, S]
-        sel = -logp.gather(-1, y)  # [B, T-1, S]
-        del logp
-    else:  # chunked head: sample without a graph, then -log p(y) per chunk under checkpoint (logits recomputed per backward)
-        _, head = parts
-        h = last_hidden(model, ids)
-        hf, uf = h.reshape(-1, h.shape[-1]), u.permute(0, 2, 1).reshape(-1, S)
-        sel = []
-        for a in range(0, len(hf), loss_chunk):
-            with torch.no_grad():
-                lg = head(hf[a:a + loss_chunk])
-                y = _sample(torch.log_softmax(lg, -1, dtype=torch.promote_types(lg.dtype, torch.float32)), uf[a:a + loss_chunk])
-            sel.append(checkpoint(_neg_logp_at, head, hf[a:a + loss_chunk], y, use_reentrant=False))
-        sel = torch.cat(sel)
+    sel = _sampled_nll_full(model, ids, u) if parts is None else _sampled_nll_chunked(model, parts[1], ids, u, loss_chunk)
     sel = sel.reshape(-1, S)
-    bwd()
+    if hooks is not None: hooks.backward_phase()
     for s in range(S):
         (sel[:, s].sum() / T1).backward(retain_graph=s < S - 1)
     return ids.shape[0] * T1
 
-def _per_sequence(model:nn.Module, # the causal LM (inside `_grad_scope`)
+def _hessian_diag(model:nn.Module, # the causal LM (inside `_grad_scope`)
                   refs:list, # selected WeightRefs
                   blocks:torch.Tensor, # [N, T] calibration token ids (all of them, on every rank)
-                  metric:str, # 'grad_squared' or 'hessian_diag'
-                  batch_size:int, # blocks per micro-batch (hooked weights)
-                  mc_samples:int, # hessian_diag: sampled labels S per position
-                  seed:int, # hessian_diag: seeds the uniforms of the label sampling
-                  progress:bool, # show a progress bar
-                  loss_chunk:int|None=None, # positions per output-head chunk (None: full logits)
-                  dist:DistEnv|None=None, # torchrun job: this rank's blocks only, sums of squares all-reduced
-                  notes:list|None=None, # the run's notes
+                  run:_Run, # batch_size, hessian_mc_samples, seed, progress, loss_chunk, dist, notes
                  )->dict:
-    "grad_squared / hessian_diag: fp32 sums of squared per-sequence gradients, normalised."
+    "Monte Carlo Gauss-Newton (= Fisher) diagonal (1/(S·T_tot)) Σ_s Σ_n (g_n^(s))², in fp32 buffers."
     N, T = blocks.shape
-    T_tot = N * (T - 1)  # global, as N: every rank holds all blocks and scores its share
-    local, start = _shard(blocks, dist)
-    owners = _owners(model)
-    bufs = {r.name: _f32_zeros(r.param) for r in refs}
-    hooked = [(r, m) for r in refs if (m := _linear_owner(r, owners)) is not None]
-    fallback = [r for r in refs if _linear_owner(r, owners) is None]
-    head = output_head(model)
-    if loss_chunk and head is not None and any(m is head[1] for _, m in hooked):
-        loss_chunk = None  # the chunked head would run (and be hooked) once per chunk
-        if notes is not None: notes.append(f"{metric}: the output head is selected, so its loss is computed from full logits (no --loss-chunk)")
-    u = None
-    if metric == "hessian_diag":  # drawn for all N blocks on every rank: a block's labels do not depend on the sharding
-        u = torch.rand(N, mc_samples, T - 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        u = u[start:start + len(local)]
-    nb = math.ceil(len(local) / batch_size)
-    with _bar(nb * bool(hooked) + len(local) * bool(fallback), metric, progress) as bar, warnings.catch_warnings():
-        # expected for a first selected layer, whose input needs no gradient: its hook still gets grad_output
-        warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect to module outputs")
-        if hooked:
-            # the hooks need only each layer's output gradient δ. With the embeddings' output requiring grad the backward
-            # pass reaches every layer while no weight requires grad, so autograd never forms the batch gradient of the
-            # weights (a third of a forward+backward) only to throw it away
-            emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-            lean = isinstance(emb, nn.Module)
-            _set_trainable(refs, [] if lean else [r for r, _ in hooked])
-            extra = [emb.register_forward_hook(_output_requires_grad)] if lean else []
-            hk, n_tok = _SeqGradSquares(hooked, bufs, model, drop_grads=not lean), 0
-            try:
-                for i in range(0, len(local), batch_size):
-                    hk.reset(len(local[i:i + batch_size]))
-                    n_tok += _seq_backward(model, local[i:i + batch_size], metric, None if u is None else u[i:i + batch_size],
-                                           loss_chunk, hk)
-                    bar.update()
-            finally:
-                hk.remove()
-                for h in extra: h.remove()
-            _check_tokens(_total(n_tok, dist), T_tot)
-        if fallback:
-            _set_trainable(refs, fallback)
-            handles, n_tok = [r.param.register_post_accumulate_grad_hook(_square_hook(bufs[r.name])) for r in fallback], 0
-            try:
-                for i in range(len(local)):
-                    n_tok += _seq_backward(model, local[i:i + 1], metric, None if u is None else u[i:i + 1], loss_chunk)
-                    bar.update()
-            finally:
-                for h in handles: h.remove()
-            _check_tokens(_total(n_tok, dist), T_tot)
-    # grad_squared: (1/N) sum_n G_n^2.  hessian_diag: backward used (1/(T-1)) x the sampled NLL, so multiply by (T-1)^2
-    _reduce(bufs.values(), dist)  # Σ over all ranks' sequences of the squares, before the global normaliser
-    factor = 1.0 / N if metric == "grad_squared" else (T - 1) ** 2 / (mc_samples * T_tot)
-    for b in bufs.values(): b.mul_(factor)
+    S = run.hessian_mc_samples
+    # drawn for all N blocks on every rank: a block's labels do not depend on the sharding
+    u = torch.rand(N, S, T - 1, generator=torch.Generator().manual_seed(run.seed), dtype=torch.float64)
+    bufs = _per_sequence(model, refs, blocks, run, "hessian_diag", partial(_sampled_backward, u=u))
+    # the backward passes used (1/(T-1)) x the sampled NLL, so multiply by (T-1)^2
+    for b in bufs.values(): b.mul_((T - 1) ** 2 / (S * (N * (T - 1))))
     return bufs
 
 # %% ../nbs/06_metrics.ipynb #8656f967
@@ -454,6 +535,7 @@ def _z_hz_hook(buf:torch.Tensor, # fp32 buffer
         buf.addcmul_(probe["z"][i], p.grad); p.grad = None
     return hook
 
+# %% ../nbs/06_metrics.ipynb #d9d2d942
 @contextlib.contextmanager
 def _eager_attention(model:nn.Module, # a transformers model (others pass through unchanged)
                      notes:list, # the run's notes; the switch is appended here
@@ -471,84 +553,72 @@ def _eager_attention(model:nn.Module, # a transformers model (others pass throug
     finally: model.set_attn_implementation(cur)
 
 @contextlib.contextmanager
-def _checkpointing(model:nn.Module, # a transformers model
-                   enable:bool, # False: do nothing
-                   notes:list, # the run's notes
-                  ):
-    "Activation checkpointing (non-reentrant) for the duration of a gradient metric, without dropout; restored afterwards."
-    if not enable: yield; return
-    if not getattr(model, "supports_gradient_checkpointing", False):
-        raise EsaError(f"--grad-checkpointing: {type(model).__name__} does not support activation checkpointing; run without it "
-                       "(shorter --seq-len or a smaller --batch-size also reduce activation memory).")
-    already = any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
-    kw = {"use_reentrant": False}
-    if not already:
-        if hasattr(model, "activation_checkpointing_enable"): model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
-        else: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
-        # transformers also hooks the embeddings so that their output requires grad. We keep it: a layer's full backward
-        # hook then always fires after the layer's input gradient, i.e. after checkpointing has recomputed the layer
-        # (for a layer whose input needs no gradient it would fire before, with no recomputed input to use)
-    # transformers checkpoints a layer only when the layer is in training mode; switch on exactly those layers' own flag,
-    # so that dropout (a child module's flag) stays off and the metric sees the deterministic eval-mode model
-    layers = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
-    for m in layers: m.training = True
-    from transformers import PreTrainedModel
-    notes.append(f"activation checkpointing on {sum(not isinstance(m, PreTrainedModel) for m in layers)} layers (non-reentrant)")
+def _explain_double_backward():
+    "Turn PyTorch's error for an operation without a second derivative into an `EsaError` that says what to do."
     try: yield
-    finally:
-        for m in layers: m.training = False
-        if not already:
-            if hasattr(model, "activation_checkpointing_disable"): model.activation_checkpointing_disable()
-            else: model.gradient_checkpointing_disable()
-            if hasattr(model, "disable_input_require_grads"): model.disable_input_require_grads()
-
-def _hutchinson(model:nn.Module, # the causal LM (inside `_grad_scope`, eager attention)
-                refs:list, # selected WeightRefs
-                blocks:torch.Tensor, # [N, T] calibration token ids (all of them, on every rank)
-                batch_size:int, # blocks per micro-batch
-                K:int, # Rademacher probes
-                seed:int, # seeds the probes
-                progress:bool, # show a progress bar
-                loss_chunk:int|None=None, # positions per output-head chunk (None: full logits)
-                dist:DistEnv|None=None, # torchrun job: this rank's blocks only, the same probes, Σ z⊙H_b z all-reduced
-               )->dict:
-    "Hutchinson estimate (1/K) Σ_k z_k ⊙ H z_k of the Hessian diagonal of L, in fp32 buffers."
-    N, T = blocks.shape
-    T_tot = N * (T - 1)
-    blocks, _ = _shard(blocks, dist)
-    params = [r.param for r in refs]
-    bufs = [_f32_zeros(p) for p in params]
-    probe = {"z": None}
-    handles = [p.register_post_accumulate_grad_hook(_z_hz_hook(b, probe, i)) for i, (p, b) in enumerate(zip(params, bufs))]
-    n_tok = 0
-    try:
-        with _bar(math.ceil(len(blocks) / batch_size) * K, "hutchinson_diag", progress) as bar:
-            for i in range(0, len(blocks), batch_size):
-                nll, n, _ = sequence_nll(model, blocks[i:i + batch_size], loss_chunk=loss_chunk)
-                n_tok += int(n.sum())
-                g = torch.autograd.grad(nll.sum() / T_tot, params, create_graph=True, allow_unused=True)
-                live = [j for j, gj in enumerate(g) if gj is not None and gj.requires_grad]
-                for k in range(K):
-                    probe["z"] = None  # never two probes in memory at once
-                    probe["z"] = _rademacher(params, seed, k)
-                    if live:
-                        torch.autograd.backward([g[j] for j in live], grad_tensors=[probe["z"][j] for j in live],
-                                                inputs=params, retain_graph=k < K - 1)
-                    bar.update()
-                del nll, g, live; probe["z"] = None
     except RuntimeError as e:
         if "derivative for" in str(e) and "not implemented" in str(e):
             raise EsaError(f"hutchinson_diag needs second derivatives, and this model's forward pass uses an operation that has "
                            f"none ({str(e).splitlines()[0][:200]}). Load the model with attn_implementation='eager', or use "
                            f"hessian_diag (first derivatives only).") from None
         raise
+
+# %% ../nbs/06_metrics.ipynb #963b5ee8
+def _probe_hvps(params:list, # the selected parameters
+                g:tuple, # ∂L_b/∂params with graph (None where a parameter is unused)
+                K:int, # Rademacher probes
+                seed:int, # seeds the probes
+                probe:dict, # probe['z'] holds the current probe, read by the `_z_hz_hook`s
+                bar, # progress bar, one step per probe
+               )->None:
+    "For k = 1..K: H_b z_k by double backward, z_k ⊙ H_b z_k added into the buffers by the hooks."
+    live = [j for j, gj in enumerate(g) if gj is not None and gj.requires_grad]
+    for k in range(K):
+        probe["z"] = None  # never two probes in memory at once
+        probe["z"] = _rademacher(params, seed, k)
+        if live:
+            torch.autograd.backward([g[j] for j in live], grad_tensors=[probe["z"][j] for j in live],
+                                    inputs=params, retain_graph=k < K - 1)
+        bar.update()
+
+def _hutchinson(model:nn.Module, # the causal LM (inside `_grad_scope`, eager attention)
+                refs:list, # selected WeightRefs
+                blocks:torch.Tensor, # [N, T] calibration token ids (all of them, on every rank)
+                run:_Run, # batch_size, hutchinson_samples, seed, progress, loss_chunk, dist (the same probes on every rank)
+               )->dict:
+    "Hutchinson estimate (1/K) Σ_k z_k ⊙ H z_k of the Hessian diagonal of L, in fp32 buffers."
+    N, T = blocks.shape
+    T_tot = N * (T - 1)
+    blocks, _ = _shard(blocks, run.dist)
+    params = [r.param for r in refs]
+    bufs = [_f32_zeros(p) for p in params]
+    probe = {"z": None}
+    handles = [p.register_post_accumulate_grad_hook(_z_hz_hook(b, probe, i)) for i, (p, b) in enumerate(zip(params, bufs))]
+    n_tok, bs, K = 0, run.batch_size, run.hutchinson_samples
+    try:
+        with _explain_double_backward(), _bar(math.ceil(len(blocks) / bs) * K, "hutchinson_diag", run.progress) as bar:
+            for i in range(0, len(blocks), bs):
+                nll, n, _ = sequence_nll(model, blocks[i:i + bs], loss_chunk=run.loss_chunk)
+                n_tok += int(n.sum())
+                g = torch.autograd.grad(nll.sum() / T_tot, params, create_graph=True, allow_unused=True)
+                _probe_hvps(params, g, K, run.seed, probe, bar)
+                del nll, g; probe["z"] = None
     finally:
         for h in handles: h.remove()
-    _reduce(bufs, dist)  # Σ_b z⊙H_b z over all ranks' micro-batches (the same probes everywhere), before the 1/K
-    _check_tokens(_total(n_tok, dist), T_tot)
+    _reduce(bufs, run.dist)  # Σ_b z⊙H_b z over all ranks' micro-batches (the same probes everywhere), before the 1/K
+    _check_tokens(_total(n_tok, run.dist), T_tot)
     for b in bufs: b.div_(K)
     return {r.name: b for r, b in zip(refs, bufs)}
 
+def _hutchinson_diag(model:nn.Module, # the causal LM (inside `_grad_scope`)
+                     refs:list, # selected WeightRefs
+                     blocks:torch.Tensor, # [N, T] calibration token ids (all of them, on every rank)
+                     run:_Run, # the call's settings; the switch to eager attention is noted in `run.notes`
+                    )->dict:
+    "`_hutchinson` with eager attention (the fused attention kernels have no double backward)."
+    with _eager_attention(model, run.notes): return _hutchinson(model, refs, blocks, run)
+
+# %% ../nbs/06_metrics.ipynb #11849270
 def _obd(refs:list, # selected WeightRefs
          h:dict, # name -> Hessian diagonal estimate (fp32); entries are replaced by CPU copies as scores are formed
         )->dict:
@@ -558,6 +628,55 @@ def _obd(refs:list, # selected WeightRefs
         out[r.name] = _f32_copy(r.param).square_().mul_(h[r.name]).mul_(0.5).abs_()
         h[r.name] = h[r.name].cpu()  # frees the accelerator copy: one fp32 set on the device at a time
     return out
+
+# %% ../nbs/06_metrics.ipynb #d8a23903
+@dataclass(frozen=True)
+class MetricSpec:
+    "One sensitivity metric: its implementation and what its scores depend on."
+    name:str # the metric's name (`--metric`)
+    fn:Callable # implementation fn(model, refs, blocks, run) -> {name: fp32 tensor}: the score, or h for a Hessian metric
+    key_settings:tuple[str,...] # config attributes (besides model, data, selection and seed) that the scores depend on
+    stochastic:bool # the scores depend on random draws beyond the calibration sample (sampled labels, probes)
+    needs_data:bool # needs calibration blocks
+    needs_grad:bool # runs backward passes (inside `_grad_scope`, with activation checkpointing if asked)
+    reference:str # where the metric comes from
+    formula:str # the score s_i in plain text
+
+_OBD_REF = "scored by Optimal Brain Damage, LeCun, Denker & Solla 1990 (NIPS 2)"
+METRIC_SPECS = {s.name: s for s in (
+    MetricSpec("grad_x_weight", _grad_x_weight, key_settings=(), stochastic=False, needs_data=True, needs_grad=True,
+               reference="SNIP, Lee, Ajanthan & Torr 2019 (ICLR), arXiv:1810.02340; Molchanov et al. 2019 (CVPR), "
+                         "arXiv:1906.10771",
+               formula="s = |w · ∂L/∂w|"),
+    MetricSpec("grad_squared", _grad_squared, key_settings=(), stochastic=False, needs_data=True, needs_grad=True,
+               reference="diagonal empirical Fisher; Kunstner, Balles & Hennig 2019 (NeurIPS), arXiv:1905.12558",
+               formula="s = (1/N) Σ_n (∂ℓ̄_n/∂w)²"),
+    MetricSpec("hessian_diag", _hessian_diag, key_settings=("hessian_mc_samples",), stochastic=True, needs_data=True,
+               needs_grad=True,
+               reference="Gauss-Newton (= Fisher) diagonal by Monte Carlo, as BackPACK's DiagGGNMC, Dangel, Kunstner & "
+                         f"Hennig 2020 (ICLR), arXiv:1912.10985; {_OBD_REF}",
+               formula="s = |½ h w²|, h = (1/(S·T_tot)) Σ_s Σ_n (∂(-log p(ŷ_n^(s)))/∂w)², ŷ ~ p"),
+    MetricSpec("hutchinson_diag", _hutchinson_diag, key_settings=("hutchinson_samples", "batch_size", "device_type"),
+               stochastic=True, needs_data=True, needs_grad=True,
+               reference="Hutchinson 1990; Bekas, Kokiopoulou & Saad 2007; PyHessian, Yao et al. 2020, "
+                         f"arXiv:1912.07145; {_OBD_REF}",
+               formula="s = |½ h w²|, h = (1/K) Σ_k z_k ⊙ H z_k, z_k Rademacher"),
+    MetricSpec("magnitude", _magnitude, key_settings=(), stochastic=False, needs_data=False, needs_grad=False,
+               reference="the baseline; super weights are magnitude outliers, Yu et al. 2024, arXiv:2411.07191",
+               formula="s = |w|"),
+    MetricSpec("act_mag", _act_mag, key_settings=(), stochastic=False, needs_data=True, needs_grad=False,
+               reference="Wanda, Sun, Liu, Bair & Kolter 2023, arXiv:2306.11695",
+               formula="s_jk = |W_jk| · ‖X_k‖₂"),
+)}
+METRICS = tuple(METRIC_SPECS)
+HESSIAN_METRICS = ("hessian_diag", "hutchinson_diag")
+
+def metric_spec(name:str # a metric name
+               )->MetricSpec:
+    "The registry entry of `name`; an `EsaError` listing the valid names for an unknown one."
+    if not isinstance(name, str) or name not in METRIC_SPECS:
+        raise EsaError(f"unknown metric {name!r}; choose one of: {', '.join(METRICS)}.")
+    return METRIC_SPECS[name]
 
 # %% ../nbs/06_metrics.ipynb #1d4982a2
 def _check_blocks(model:nn.Module, # the causal LM
@@ -591,6 +710,74 @@ def _check_finite(metric:str, # metric name for the message
                            f"means a gradient or activation overflowed the fp16 range (max 65504); load the model in bf16 or fp32 "
                            f"(--dtype bf16/fp32), or check the weights of {name} for inf/NaN.")
 
+# %% ../nbs/06_metrics.ipynb #765472d4
+@contextlib.contextmanager
+def _checkpointing(model:nn.Module, # a transformers model
+                   enable:bool, # False: do nothing
+                   notes:list, # the run's notes
+                  ):
+    "Activation checkpointing (non-reentrant) for the duration of a gradient metric, without dropout; restored afterwards."
+    if not enable: yield; return
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise EsaError(f"--grad-checkpointing: {type(model).__name__} does not support activation checkpointing; run without it "
+                       "(shorter --seq-len or a smaller --batch-size also reduce activation memory).")
+    already = any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+    kw = {"use_reentrant": False}
+    if not already:
+        if hasattr(model, "activation_checkpointing_enable"): model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+        else: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+        # transformers also hooks the embeddings so that their output requires grad. We keep it: a layer's full backward
+        # hook then always fires after the layer's input gradient, i.e. after checkpointing has recomputed the layer
+        # (for a layer whose input needs no gradient it would fire before, with no recomputed input to use)
+    # transformers checkpoints a layer only when the layer is in training mode; switch on exactly those layers' own flag,
+    # so that dropout (a child module's flag) stays off and the metric sees the deterministic eval-mode model
+    layers = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    for m in layers: m.training = True
+    from transformers import PreTrainedModel
+    notes.append(f"activation checkpointing on {sum(not isinstance(m, PreTrainedModel) for m in layers)} layers (non-reentrant)")
+    try: yield
+    finally:
+        for m in layers: m.training = False
+        if not already:
+            if hasattr(model, "activation_checkpointing_disable"): model.activation_checkpointing_disable()
+            else: model.gradient_checkpointing_disable()
+            if hasattr(model, "disable_input_require_grads"): model.disable_input_require_grads()
+
+# %% ../nbs/06_metrics.ipynb #62bbd9af
+def _check_args(model:nn.Module, # the causal LM
+                refs:list, # the selected WeightRefs
+                loss_chunk, # positions per output-head chunk, or None
+                counts:dict, # name -> value of the settings that must be positive integers
+               )->None:
+    "Refuse a selection or settings that `compute_scores` cannot use, with what to do instead."
+    if not refs: raise EsaError("no weights to score: the selection is empty.")
+    own = {id(p) for p in model.parameters()}
+    for r in refs:
+        if id(r.param) not in own: raise EsaError(f"{r.name} is not a parameter of this model; select weights from the model you score.")
+    for k, v in counts.items():
+        if not isinstance(v, int) or v < 1: raise EsaError(f"{k} must be a positive integer, got {v!r}.")
+    if loss_chunk is not None and (not isinstance(loss_chunk, int) or loss_chunk < 1):
+        raise EsaError(f"loss_chunk must be a positive number of positions (or None), got {loss_chunk!r}.")
+    off = [r.name for r in refs if r.param.device.type == "meta"]
+    if off:
+        raise EsaError(f"{len(off)} selected weights (first: {off[0]}) are offloaded (device 'meta': accelerate streams their values "
+                       "in from CPU or disk for each forward pass), so they cannot be scored or perturbed in place. Use a device "
+                       "map that keeps every weight on a device (more GPUs, or a 'cpu' entry on a machine without GPUs).")
+
+@contextlib.contextmanager
+def _metric_scope(model:nn.Module, # the causal LM
+                  refs:list, # the selected WeightRefs
+                  spec:MetricSpec, # the metric
+                  grad_checkpointing:bool, # activation checkpointing for a gradient metric
+                  notes:list, # the run's notes
+                 ):
+    "A gradient metric runs in `_grad_scope`, with checkpointing if asked and no early stop; the others need nothing."
+    if not spec.needs_grad: yield; return
+    with _grad_scope(model, [r.param for r in refs]), _checkpointing(model, grad_checkpointing, notes), \
+         set_checkpoint_early_stop(False):  # the per-sequence hooks must see every recomputed layer input
+        yield
+
+# %% ../nbs/06_metrics.ipynb #270501b0
 def compute_scores(model:nn.Module, # the causal LM (any dtype and device; eval mode is used)
                    refs:list[WeightRef], # the weights to score, from `esa_nb.weights.select_weights`
                    blocks:torch.Tensor|None, # [n_blocks, seq_len] calibration token ids, no padding (None only for magnitude)
@@ -605,52 +792,28 @@ def compute_scores(model:nn.Module, # the causal LM (any dtype and device; eval 
                    dist:DistEnv|None=None, # torchrun job: every rank passes all blocks, scores its share; sums all-reduced
                   )->ScoreResult:
     "Score every selected weight with `metric`; fp32 scores in native shape on each parameter's device."
-    if metric not in METRICS:
-        raise EsaError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}.")
+    spec = metric_spec(metric)
     refs = list(refs)
-    if not refs: raise EsaError("no weights to score: the selection is empty.")
-    own = {id(p) for p in model.parameters()}
-    for r in refs:
-        if id(r.param) not in own: raise EsaError(f"{r.name} is not a parameter of this model; select weights from the model you score.")
-    for k, v in dict(batch_size=batch_size, hutchinson_samples=hutchinson_samples, hessian_mc_samples=hessian_mc_samples).items():
-        if not isinstance(v, int) or v < 1: raise EsaError(f"{k} must be a positive integer, got {v!r}.")
-    if loss_chunk is not None and (not isinstance(loss_chunk, int) or loss_chunk < 1):
-        raise EsaError(f"loss_chunk must be a positive number of positions (or None), got {loss_chunk!r}.")
-    off = [r.name for r in refs if r.param.device.type == "meta"]
-    if off:
-        raise EsaError(f"{len(off)} selected weights (first: {off[0]}) are offloaded (device 'meta': accelerate streams their values "
-                       "in from CPU or disk for each forward pass), so they cannot be scored or perturbed in place. Use a device "
-                       "map that keeps every weight on a device (more GPUs, or a 'cpu' entry on a machine without GPUs).")
+    _check_args(model, refs, loss_chunk, dict(batch_size=batch_size, hutchinson_samples=hutchinson_samples,
+                                              hessian_mc_samples=hessian_mc_samples))
+    run = _Run(batch_size, seed, hutchinson_samples, hessian_mc_samples, progress, loss_chunk, dist)
     t0 = time.perf_counter()
-    notes, raw = [], None
-    samples = {"hutchinson_diag": hutchinson_samples, "hessian_diag": hessian_mc_samples}.get(metric)
-    if metric == "magnitude":
-        scores = _magnitude(refs)
-        n_seq, n_tok = 0, 0
-    else:
+    n_seq, n_tok = 0, 0
+    if spec.needs_data:
         _check_blocks(model, blocks)
         N, T = blocks.shape
-        n_seq, n_tok = N, N * (T - 1)
-        if metric == "act_mag":
-            scores, n_tok = _act_mag(model, refs, blocks, batch_size, progress, dist), N * T
-        else:
-            params = [r.param for r in refs]
-            with _grad_scope(model, params), _checkpointing(model, grad_checkpointing, notes), \
-                 set_checkpoint_early_stop(False):  # the per-sequence hooks must see every recomputed layer input
-                if metric == "grad_x_weight": scores = _grad_x_weight(model, refs, blocks, batch_size, progress, loss_chunk, dist)
-                elif metric in ("grad_squared", "hessian_diag"):
-                    scores = _per_sequence(model, refs, blocks, metric, batch_size, hessian_mc_samples, seed, progress,
-                                           loss_chunk, dist, notes)
-                else:
-                    with _eager_attention(model, notes):
-                        scores = _hutchinson(model, refs, blocks, batch_size, hutchinson_samples, seed, progress, loss_chunk, dist)
+        n_seq, n_tok = N, (N * (T - 1) if spec.needs_grad else N * T)  # scored positions of L; act_mag: positions seen
+    with _metric_scope(model, refs, spec, grad_checkpointing, run.notes):
+        scores = spec.fn(model, refs, blocks, run)
+    raw = None
     if metric in HESSIAN_METRICS:
         raw = scores
         _check_finite(metric, raw, "Hessian-diagonal entries")
         scores = _obd(refs, raw)
     _check_finite(metric, scores, "scores")
+    samples = next((getattr(run, k) for k in spec.key_settings if k.endswith("_samples")), None)
     info = {"metric": metric, "n_sequences": n_seq, "n_tokens": n_tok, "samples": samples, "batch_size": batch_size,
-            "seed": seed, "n_weights": sum(r.numel for r in refs), "n_tensors": len(refs), "notes": notes,
-            "loss_chunk": loss_chunk, "grad_checkpointing": bool(grad_checkpointing) and metric not in ("magnitude", "act_mag"),
+            "seed": seed, "n_weights": sum(r.numel for r in refs), "n_tensors": len(refs), "notes": run.notes,
+            "loss_chunk": loss_chunk, "grad_checkpointing": bool(grad_checkpointing) and spec.needs_grad,
             "world_size": dist.world_size if dist is not None else 1, "seconds": time.perf_counter() - t0}
     return ScoreResult(metric, scores, raw, info)

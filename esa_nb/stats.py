@@ -10,14 +10,17 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.stats
 import torch
 
 from .core import EsaError
 from .topk import check_scores
 
 # %% auto #0
-__all__ = ['QUANTILES', 'TOP_SHARES', 'Moments', 'quantiles', 'gini', 'top_share', 'hill_alpha', 'score_stats', 'paired_delta',
-           'separation_ratio', 'jaccard', 'spearman', 'stability_summary', 'per_tensor_jaccard']
+__all__ = ['QUANTILES', 'TOP_SHARES', 'CONDITIONS', 'MIN_EFFECT', 'MIN_RATIO', 'Moments', 'quantiles', 'gini', 'top_share',
+           'hill_alpha', 'score_stats', 'boot_interval', 'paired_delta', 'separation_ratio', 'jaccard', 'spearman',
+           'stability_summary', 'per_tensor_jaccard', 'as_float', 'fmt_num', 'seed_interval', 'pool_condition',
+           'verdict']
 
 # %% ../nbs/08_stats.ipynb #d399af1a
 _CHUNK = 1 << 22  # elements per chunk when streaming a tensor (32 MB as float64)
@@ -361,7 +364,7 @@ def score_stats(scores:dict[str, torch.Tensor], # parameter name -> score tensor
             "settings": {"sample_size": sample_size, "seed": seed, "hill_frac": hill_frac, "hill_m_min": hill_m_min,
                          "hill_m_max": hill_m_max, "quantiles": list(QUANTILES), "n_scores": N, "n_tensors": len(names)}}
 
-# %% ../nbs/08_stats.ipynb #8257f475
+# %% ../nbs/08_stats.ipynb #8bc6252f
 def _f64(x, name:str)->np.ndarray:
     if isinstance(x, torch.Tensor): x = x.detach().cpu().double().numpy()
     try: a = np.asarray(x, dtype=np.float64)
@@ -374,14 +377,8 @@ def _percentile(s:np.ndarray, q:float)->float:
     h = (len(s) - 1) * q; j = int(math.floor(h))
     return _lerp(float(s[j]), float(s[min(j + 1, len(s) - 1)]), h - j)
 
-def paired_delta(base_nll_sum, # per-block NLL sums of the baseline (Tensor or array, n_blocks)
-                 base_tokens, # per-block token counts (n_blocks), the same blocks for both models
-                 cond_nll_sum, # per-block NLL sums of the perturbed model on the same blocks (NaN/inf allowed)
-                 n_boot:int=2000, # bootstrap draws
-                 seed:int=0, # seed of the bootstrap draws
-                 ci:float=0.95, # confidence level of the percentile intervals
-                )->dict:
-    "ΔNLL, Δppl and ppl ratio of a condition vs the baseline on the same blocks, with paired block-bootstrap CIs."
+def _check_blocks(base_nll_sum, base_tokens, cond_nll_sum, n_boot, ci)->tuple:
+    "The three per-block arrays as float64, after checking what `paired_delta` needs."
     b, t, c = _f64(base_nll_sum, "base_nll_sum"), _f64(base_tokens, "base_tokens"), _f64(cond_nll_sum, "cond_nll_sum")
     if not (len(b) == len(t) == len(c)):
         raise EsaError(f"paired_delta needs one value per block in each input, from the same blocks; got {len(b)} baseline sums, "
@@ -395,32 +392,77 @@ def paired_delta(base_nll_sum, # per-block NLL sums of the baseline (Tensor or a
         raise EsaError("NLL sums must be non-negative (−log p ≥ 0); a negative value suggests log-likelihoods were passed instead of negative log-likelihoods.")
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1: raise EsaError(f"n_boot must be a positive integer, got {n_boot!r}.")
     if not 0 < ci < 1: raise EsaError(f"ci must be a confidence level strictly between 0 and 1 (e.g. 0.95), got {ci!r}.")
+    return b, t, c
+
+def _lin_se(e:np.ndarray, # per-block influence terms (last axis: blocks), summing to 0
+            T:np.ndarray, # total tokens (one per row)
+           )->np.ndarray:
+    "Linearisation SE √(n/(n−1)·Σ e²) / T over the last axis."
+    n = e.shape[-1]
+    return np.sqrt((e * e).sum(-1) * n / (n - 1)) / T if n > 1 else np.full(np.shape(T), math.nan)
+
+def _block_stats(b:np.ndarray, c:np.ndarray, t:np.ndarray)->tuple:
+    "ΔNLL, its SE, Δppl and its SE of each row of per-block sums (last axis: blocks)."
+    T = t.sum(-1); x, y, d = b.sum(-1) / T, c.sum(-1) / T, (c - b).sum(-1) / T
+    ex, ey = np.exp(x), np.exp(y)
+    e_d = (c - b) - d[..., None] * t
+    e_p = ey[..., None] * (c - y[..., None] * t) - ex[..., None] * (b - x[..., None] * t)
+    return d, _lin_se(e_d, T), ey - ex, _lin_se(e_p, T)
+
+# %% ../nbs/08_stats.ipynb #e1ea3fab
+def boot_interval(theta:float, # the statistic on the data
+                  se:float, # its standard error on the data
+                  draws:np.ndarray, # the statistic on each bootstrap resample
+                  se_draws:np.ndarray, # its standard error on each resample
+                  ci:float=0.95, # confidence level
+                 )->tuple[list, str]:
+    "Studentized bootstrap interval [θ − q₍₁₊c₎/₂·se, θ − q₍₁₋c₎/₂·se]; the percentile interval of the draws when anything is non-finite."
+    lo, hi = (1 - ci) / 2, (1 + ci) / 2
+    if not (np.isfinite(theta) and np.isfinite(se) and np.isfinite(draws).all() and np.isfinite(se_draws).all()):
+        s = np.sort(draws); return [_percentile(s, lo), _percentile(s, hi)], "percentile"
+    if se == 0: return [float(theta), float(theta)], "studentized"
+    with np.errstate(divide="ignore", invalid="ignore"): z = (draws - theta) / se_draws
+    z = np.sort(np.where(np.isnan(z), 0.0, z))  # 0/0: a resample equal to the data
+    return [float(theta - _percentile(z, hi) * se), float(theta - _percentile(z, lo) * se)], "studentized"
+
+# %% ../nbs/08_stats.ipynb #8257f475
+_METHODS = {"studentized": "paired studentized bootstrap over blocks (bootstrap-t with the linearisation SE; Efron & Tibshirani 1993 §12.5, Hall 1988)",
+            "percentile": "paired percentile bootstrap over blocks (non-finite blocks leave no SE to studentize with)",
+            "none": "no interval: one block"}
+
+def paired_delta(base_nll_sum, # per-block NLL sums of the baseline (Tensor or array, n_blocks)
+                 base_tokens, # per-block token counts (n_blocks), the same blocks for both models
+                 cond_nll_sum, # per-block NLL sums of the perturbed model on the same blocks (NaN/inf allowed)
+                 n_boot:int=2000, # bootstrap draws
+                 seed:int=0, # seed of the bootstrap draws
+                 ci:float=0.95, # confidence level of the intervals
+                )->dict:
+    "ΔNLL, Δppl and ppl ratio of a condition vs the baseline on the same blocks, with paired studentized block-bootstrap CIs."
+    b, t, c = _check_blocks(base_nll_sum, base_tokens, cond_nll_sum, n_boot, ci)
     n = len(b); n_nan = int(np.isnan(c).sum()); bad = ~np.isfinite(c)
-    c = np.where(bad, np.inf, c); T = t.sum(); d = c - b
-    with np.errstate(over="ignore"):
-        nll_b, nll_c, delta = b.sum() / T, c.sum() / T, d.sum() / T
-        ppl_b, ppl_c = math.exp(nll_b) if nll_b < 709 else math.inf, float(np.exp(nll_c))
-        rng = np.random.default_rng(seed); dd, dp, rr = [], [], []
+    c = np.where(bad, np.inf, c); T = t.sum()
+    with np.errstate(over="ignore", invalid="ignore"):
+        d, se_d, p, se_p = _block_stats(b, c, t)
+        rng, draws = np.random.default_rng(seed), []
         for s in range(0, n_boot, 256):
             idx = rng.integers(0, n, size=(min(256, n_boot - s), n))
-            tb = t[idx].sum(1); nb, nc, db = b[idx].sum(1) / tb, c[idx].sum(1) / tb, d[idx].sum(1) / tb
-            dd.append(db); dp.append(np.exp(nc) - np.exp(nb)); rr.append(np.exp(db))
-    dd, dp, rr = (np.sort(np.concatenate(v)) for v in (dd, dp, rr))
-    lo, hi = (1 - ci) / 2, (1 + ci) / 2
-    ival = lambda s: [_percentile(s, lo), _percentile(s, hi)]
+            draws.append(_block_stats(b[idx], c[idx], t[idx]))
+        dd, sd, dp, sp = (np.concatenate(v) for v in zip(*draws))
+        if n < 2: ci_d, ci_p, how = [float(d)] * 2, [float(p)] * 2, "none"
+        else: (ci_d, how), (ci_p, _) = boot_interval(d, se_d, dd, sd, ci), boot_interval(p, se_p, dp, sp, ci)
+        nll_b, nll_c = b.sum() / T, c.sum() / T; ppl_b, ppl_c = float(np.exp(nll_b)), float(np.exp(nll_c))
+        ratio, ratio_ci = float(np.exp(d)), [float(v) for v in np.exp(ci_d)]
     notes = []
     if bad.any():
         notes.append(f"{int(bad.sum())} of {n} blocks have a non-finite condition NLL ({n_nan} NaN); they count as +inf (the perturbed "
                      "model gives no usable probability there), so ΔNLL is +inf; no block was dropped.")
-    if n < 2: notes.append("only one block: the bootstrap interval has zero width and says nothing about uncertainty.")
+    if n < 2: notes.append("only one block: no interval can be estimated; the interval is the point estimate.")
     return {"n_blocks": n, "n_tokens": float(T), "nll_base": float(nll_b), "nll_cond": float(nll_c),
-            "delta_nll": float(delta), "delta_nll_ci": ival(dd),
-            "delta_nll_se": float(dd.std(ddof=1)) if np.isfinite(dd).all() and n_boot > 1 else (math.inf if not np.isfinite(dd).all() else math.nan),
-            "ppl_base": ppl_b, "ppl_cond": ppl_c, "delta_ppl": ppl_c - ppl_b, "delta_ppl_ci": ival(dp),
-            "ppl_ratio": float(np.exp(delta)) if delta < 709 else math.inf, "ppl_ratio_ci": ival(rr),
+            "delta_nll": float(d), "delta_nll_ci": ci_d, "delta_nll_se": math.inf if bad.any() else float(se_d),
+            "ppl_base": ppl_b, "ppl_cond": ppl_c, "delta_ppl": float(p), "delta_ppl_ci": ci_p,
+            "ppl_ratio": ratio, "ppl_ratio_ci": ratio_ci,
             "frac_boot_le_0": float((dd <= 0).mean()), "n_nonfinite_blocks": int(bad.sum()), "n_nan_blocks": n_nan,
-            "ci": ci, "n_boot": n_boot, "seed": seed,
-            "method": "paired percentile bootstrap over blocks (Efron & Tibshirani 1993)", "note": " ".join(notes) or None}
+            "ci": ci, "n_boot": n_boot, "seed": seed, "method": _METHODS[how], "note": " ".join(notes) or None}
 
 # %% ../nbs/08_stats.ipynb #3627cf2b
 def separation_ratio(a:float, # effect of the condition of interest, e.g. ΔNLL of the top-k perturbation
@@ -509,3 +551,154 @@ def per_tensor_jaccard(by_tensor_sets:dict, # seed -> {tensor name -> set (or te
     return {"num_seeds": len(seeds), "n_tensors": len(names), "jaccard_mean": float(np.mean(js)) if js else None,
             "jaccard_std": float(np.std(js)) if js else None, "jaccard_all": js, "pairs": pairs,
             "per_tensor": {n: float(np.mean(v)) if v else None for n, v in per_t.items()}}
+
+# %% ../nbs/08_stats.ipynb #d2a946ed
+CONDITIONS = ("super_weights", "random_k", "bottom_k", "matched_k")  # the perturbation conditions, in report order
+MIN_EFFECT = 0.01  # nats per token: a super-weight ΔNLL below this is too small to call damage
+MIN_RATIO = 3.0  # super must do at least this many times the damage of each criterion control
+_RTOL = 1e-9  # relative tolerance of ratio comparisons: 0.6 / 0.2 = 2.9999999999999996 passes a 3x bar
+
+def as_float(x # a number, a JSON string such as "inf", "-inf" or "nan", or None
+            )->float:
+    "A JSON value as a float: 'inf'/'-inf'/'nan' strings become ±inf/NaN, None becomes NaN."
+    if x is None: return math.nan
+    try: return float(x)
+    except (TypeError, ValueError): raise EsaError(f"expected a number (or 'inf', '-inf', 'nan', null), got {x!r}.") from None
+
+def fmt_num(x # a number, a JSON string such as "inf", or None
+           )->str:
+    "x with 3 significant digits; 'n/a' for None, 'inf', '-inf' and 'nan' as such."
+    if x is None: return "n/a"
+    x = as_float(x)
+    return str(x) if not math.isfinite(x) else f"{x:.3g}"
+
+# %% ../nbs/08_stats.ipynb #0b67dbf2
+def seed_interval(delta_per_seed, # ΔNLL of each seed (S ≥ 2 finite values), all on the same blocks
+                  se_blocks:float, # linearisation SE over blocks of the seed-averaged ΔNLL (NaN: not estimable)
+                  n_blocks:int, # number of blocks behind se_blocks
+                  ci:float=0.95, # confidence level
+                 )->dict:
+    "t-interval for the mean ΔNLL over seeds: SE² = s²/S + SE²_blocks, Welch–Satterthwaite degrees of freedom."
+    x = np.asarray(delta_per_seed, dtype=np.float64); S = len(x)
+    if S < 2 or not np.isfinite(x).all(): raise EsaError(f"seed_interval needs at least two finite per-seed values, got {x.tolist()}.")
+    a = x.var(ddof=1) / S; b = float(se_blocks) ** 2 if np.isfinite(se_blocks) else 0.0
+    den = a * a / (S - 1) + (b * b / (n_blocks - 1) if n_blocks > 1 else 0.0)
+    df = (a + b) ** 2 / den if den > 0 else float(S - 1)
+    q = float(scipy.stats.t.ppf((1 + ci) / 2, df)); se = math.sqrt(a + b); m = float(x.mean())
+    return {"ci": [m - q * se, m + q * se], "mean": m, "se": se, "se_seeds": math.sqrt(a), "se_blocks": math.sqrt(b), "df": df, "t": q}
+
+# %% ../nbs/08_stats.ipynb #783a5795
+def _changed(r:dict # one seed's condition result
+            )->tuple:
+    "(weights changed, weights meant to change): n_changed (top level or in 'perturbation') vs n_weights, or n_flipped for bit flips."
+    pert = r.get("perturbation") or {}
+    return r.get("n_changed", pert.get("n_changed")), pert.get("n_flipped", r.get("n_weights"))
+
+def _ci_note(S:int, broken:list)->str|None:
+    notes = []
+    if S == 1: notes.append("one seed: the interval covers block-to-block variation only; seed-to-seed variation (which weights "
+                            "are selected, the random draw, the noise) is not estimated. Run at least 3 seeds.")
+    if S == 2: notes.append("two seeds: the seed-to-seed variance rests on one degree of freedom, so the interval is wide. Run at least 3 seeds.")
+    if broken: notes.append(f"seed(s) {', '.join(map(str, broken))} broke the model (ΔNLL inf): the pooled ΔNLL is +inf and the interval "
+                            "runs from the smallest per-seed lower bound to +inf.")
+    return " ".join(notes) or None
+
+def pool_condition(per_seed:dict, # seed -> that seed's condition result: ppl, nll, token_accuracy, ppl_change, accuracy_drop, delta_nll, delta_nll_ci, n_weights, `_block_nll_sum`, optional n_changed / perturbation
+                   base:dict, # baseline result: block_nll_sum, block_tokens, ppl, nll, token_accuracy
+                   n_boot:int=2000, # bootstrap draws of one seed's interval
+                   ci:float=0.95, # confidence level
+                  )->dict:
+    "Pool a condition over seeds: ΔNLL of the seed-averaged block NLL with a t-interval over seeds (one seed: its bootstrap interval)."
+    seeds = list(per_seed)
+    if not seeds: raise EsaError("pool_condition needs the result of at least one seed.")
+    b, t = _f64(base["block_nll_sum"], "block_nll_sum"), _f64(base["block_tokens"], "block_tokens")
+    C = [_f64(per_seed[s]["_block_nll_sum"], f"_block_nll_sum of seed {s}") for s in seeds]
+    if any(len(c) != len(b) for c in C): raise EsaError(f"every seed must be evaluated on the baseline's {len(b)} blocks; got {[len(c) for c in C]} blocks.")
+    C = np.where(np.isfinite(C), C, np.inf); S, T = len(seeds), t.sum()
+    deltas = ((C - b).sum(1) / T).tolist(); broken = [s for s, d in zip(seeds, deltas) if not math.isfinite(d)]
+    one = lambda i: paired_delta(b, t, C[i], n_boot=n_boot, seed=seeds[i] if isinstance(seeds[i], int) else 0, ci=ci)
+    with np.errstate(over="ignore"): ppl_b = float(np.exp(b.sum() / T))
+    extra = {"delta_nll_se": None, "ci_df": None, "se_seeds": None, "se_blocks": None}
+    if S == 1:
+        d = one(0); lo_hi, ppl_ci, how = d["delta_nll_ci"], d["delta_ppl_ci"], f"one seed: {d['method']}"
+        extra["delta_nll_se"] = d["delta_nll_se"]
+    elif broken:
+        lo_hi, how = [min(one(i)["delta_nll_ci"][0] for i in range(S)), math.inf], "non-finite seeds: smallest per-seed lower bound to +inf"
+    else:
+        _, se_b, _, _ = _block_stats(b, C.mean(0), t)
+        si = seed_interval(deltas, float(se_b), len(b), ci); lo_hi = si["ci"]
+        how = (f"t-interval over {S} seeds: SE² = s²/S + SE²(blocks, shared by all seeds), "
+               f"Welch–Satterthwaite df = {si['df']:.3g}")
+        extra.update(delta_nll_se=si["se"], ci_df=si["df"], se_seeds=si["se_seeds"], se_blocks=si["se_blocks"])
+    if S > 1:
+        with np.errstate(over="ignore"): ppl_ci = [float(ppl_b * np.expm1(v)) for v in lo_hi]
+    mean = lambda k: float(np.mean([as_float(per_seed[s][k]) for s in seeds]))
+    ch = [_changed(per_seed[s]) for s in seeds]
+    return {"ppl": mean("ppl"), "nll": mean("nll"), "token_accuracy": mean("token_accuracy"),
+            "ppl_change": mean("ppl_change"), "accuracy_drop": mean("accuracy_drop"),
+            "delta_nll": float(np.mean(deltas)), "delta_nll_ci": [float(v) for v in lo_hi], "delta_ppl_ci": ppl_ci,
+            "ci_method": how, "ci": ci, **extra, "delta_nll_per_seed": deltas, "n_seeds": S, "few_seeds": S < 3, "ci_note": _ci_note(S, broken),
+            "n_weights": per_seed[seeds[0]]["n_weights"], "n_changed": min(c for c, _ in ch) if all(c is not None for c, _ in ch) else None,
+            "n_changed_per_seed": [c for c, _ in ch],
+            "per_seed": {str(s): {k: v for k, v in per_seed[s].items() if not k.startswith("_") and k != "bit_flips"} for s in seeds}}
+
+# %% ../nbs/08_stats.ipynb #d01b52e6
+def _ci_text(r:dict)->str:
+    lo, hi = r["delta_nll_ci"]
+    return f"ΔNLL {fmt_num(r['delta_nll'])}, CI {fmt_num(lo)}..{fmt_num(hi)}"
+
+def _versus(sup:dict, ctrl:dict, name:str, min_ratio:float, criterion:bool=True)->tuple[bool, str, dict]:
+    "(super does >= min_ratio x the control's damage?, a phrase saying why, the separation_ratio record)."
+    a, b = as_float(sup["delta_nll"]), as_float(ctrl["delta_nll"])
+    lo, hi = (as_float(v) for v in ctrl["delta_nll_ci"])
+    so, bar = separation_ratio(a, b, (lo, hi)), min_ratio * (1 - _RTOL)
+    need = f"(need >= {fmt_num(min_ratio)}x)" if criterion else "[magnitude-matched control: reported, not a PASS criterion]"
+    if math.isnan(b): return False, f"{name}'s ΔNLL is NaN", so
+    if math.isinf(b): return False, f"{name} broke the model (ΔNLL inf)" + (", as did super_weights: no separation" if math.isinf(a) else ""), so
+    if math.isinf(a): return True, f"super_weights broke the model while {name} did not ({_ci_text(ctrl)})", so
+    if so["ratio"] is not None: return so["ratio"] >= bar, f"super/{name} = {fmt_num(so['ratio'])}x {need}", so
+    if hi <= 0: return True, f"{name} did not raise the loss ({_ci_text(ctrl)})", so
+    lb = so["lower_bound"]
+    return lb is not None and lb >= bar, f"{name} has no measurable effect ({_ci_text(ctrl)}), so super/{name} >= {fmt_num(lb)}x {need}", so
+
+def _shortfall(r:dict)->tuple|None:
+    "(seed, changed, meant) of the seed where a condition changed the smallest share of the weights it meant to; None if all changed (or unknown)."
+    rows = [(s, *_changed(v)) for s, v in (r.get("per_seed") or {}).items()] or [(None, r.get("n_changed"), r.get("n_weights"))]
+    short = [(s, int(c), int(m)) for s, c, m in rows if c is not None and m is not None and c < m]
+    return min(short, key=lambda x: x[1] / x[2]) if short else None
+
+# %% ../nbs/08_stats.ipynb #1c1b9df9
+def verdict(res:dict, # condition name (see CONDITIONS) -> pooled result (`pool_condition`), numbers or JSON strings
+            min_effect:float=MIN_EFFECT, # smallest super-weight ΔNLL (nats per token) that counts as damage
+            min_ratio:float=MIN_RATIO, # super must do at least this many times the damage of random_k and bottom_k
+           )->tuple[dict, str]:
+    "Separation ratios and a one-line verdict starting with 'PASS:', 'NOT MET:' or 'INCONCLUSIVE:' (rules in the table above)."
+    sup, rnd, bot = res.get("super_weights"), res.get("random_k"), res.get("bottom_k")
+    sep = {}
+    if rnd and bot: sep["random_over_bottom"] = separation_ratio(rnd["delta_nll"], bot["delta_nll"], [as_float(v) for v in bot["delta_nll_ci"]])
+    if not sup: return sep, "NOT MET: no super_weights perturbation was run"
+    a = as_float(sup["delta_nll"]); lo, hi = (as_float(v) for v in sup["delta_nll_ci"])
+    parts = [f"super_weights broke the model (ΔNLL inf, CI lower bound {fmt_num(lo)})" if math.isinf(a) else
+             f"ΔNLL super {fmt_num(a)} (95% CI {fmt_num(lo)}..{fmt_num(hi)})"]
+    ok = lo > 0
+    if not ok: parts.append(f"the super-weight CI lower bound {fmt_num(lo)} is not above 0")
+    if not a >= min_effect:
+        parts.append(f"super ΔNLL {fmt_num(a)} is below the minimum effect of {fmt_num(min_effect)} nats"); ok = False
+    for cond in ("random_k", "bottom_k", "matched_k"):
+        if not res.get(cond):
+            if cond == "random_k": parts.append("no random_k control was run, so super >> random cannot be established"); ok = False
+            continue
+        good, text, sep[f"super_over_{cond[:-2]}"] = _versus(sup, res[cond], cond, min_ratio, criterion=cond != "matched_k")
+        parts.append(text); ok = ok and (good or cond == "matched_k")
+    if rnd and bot:  # bottom must not do significantly more damage than random; two effects that are both ~0 are reported, not failed
+        worse = as_float(bot["delta_nll_ci"][0]) > as_float(rnd["delta_nll_ci"][1])
+        rel = "<" if worse else ">=" if as_float(rnd["delta_nll"]) >= as_float(bot["delta_nll"]) else "~"
+        parts.append(f"random {rel} bottom ({fmt_num(rnd['delta_nll'])} vs {fmt_num(bot['delta_nll'])}" + (", bottom significantly worse)" if worse else ")"))
+        ok = ok and not worse
+    short = {c: _shortfall(res[c]) for c in CONDITIONS if res.get(c)}
+    for c, sf in short.items():
+        if sf: parts.append(f"{c} changed only {sf[1]} of {sf[2]} selected weights" + (f" (seed {sf[0]})" if sf[0] is not None else ""))
+    if not ok: return sep, "NOT MET: " + "; ".join(parts)
+    if short.get("random_k") or short.get("bottom_k"):
+        return sep, "INCONCLUSIVE: the criteria are met, but a control did not change all the weights it selected. " + "; ".join(parts)
+    return sep, ("PASS: super >> random >> bottom. " if bot else "PASS: super >> random (no bottom_k control). ") + "; ".join(parts)

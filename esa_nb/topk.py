@@ -5,15 +5,18 @@
 # %% ../nbs/07_topk.ipynb #4b6bcf85
 from __future__ import annotations
 
+import hashlib
+import math
 import numbers
 from dataclasses import dataclass
+from typing import Callable, Mapping
 
 import torch
 
 from .core import EsaError
 
 # %% auto #0
-__all__ = ['TopK', 'check_scores', 'select_topk', 'topk_sweep']
+__all__ = ['TopK', 'check_scores', 'select_topk', 'topk_sweep', 'tie_keys', 'select_seeded', 'seeded_sweep']
 
 # %% ../nbs/07_topk.ipynb #42a27e60
 @dataclass
@@ -158,17 +161,18 @@ def select_topk(scores:dict[str, torch.Tensor], # parameter name -> score tensor
     return TopK([names[j] for j in run_t.tolist()], run_i, run_v)
 
 # %% ../nbs/07_topk.ipynb #6dd4b942
-def topk_sweep(scores:dict[str, torch.Tensor], # parameter name -> score tensor
-               ks:list[int], # the k values to select
-               mode:str="global", # 'global' or 'per_layer'
-               largest:bool=True, # top-k (True) or bottom-k (False)
-              )->dict[int, TopK]:
-    "`select_topk` for every k in `ks`, computed from one selection at max(ks); returns {k: TopK}."
+def _check_ks(ks)->list[int]:
+    "The k values of a sweep as positive ints, or an `EsaError`."
     if isinstance(ks, (str, bytes)) or not hasattr(ks, "__iter__") or not list(ks):
         raise EsaError(f"a top-k sweep needs a non-empty list of positive integers, got {ks!r}.")
-    ks = [_check_k(k, "every k in the sweep") for k in ks]
-    kmax = max(ks)
-    full = select_topk(scores, kmax, mode, largest)
+    return [_check_k(k, "every k in the sweep") for k in ks]
+
+def _prefixes(full:TopK, # the selection at kmax
+              ks:list[int], # the k values wanted
+              kmax:int, # the k of `full`
+              mode:str, # 'global' or 'per_layer'
+             )->dict[int, TopK]:
+    "The selection at each k in `ks`: a prefix of `full` (global) or a prefix of every tensor's block of `kmax` (per_layer)."
     out = {}
     for k in ks:
         if mode == "global": out[k] = full.head(k)
@@ -177,3 +181,148 @@ def topk_sweep(scores:dict[str, torch.Tensor], # parameter name -> score tensor
             pos = (torch.arange(n_t)[:, None] * kmax + torch.arange(k)[None, :]).reshape(-1)
             out[k] = TopK([full.names[p] for p in pos.tolist()], full.flat[pos], full.scores[pos])
     return out
+
+def topk_sweep(scores:dict[str, torch.Tensor], # parameter name -> score tensor
+               ks:list[int], # the k values to select
+               mode:str="global", # 'global' or 'per_layer'
+               largest:bool=True, # top-k (True) or bottom-k (False)
+              )->dict[int, TopK]:
+    "`select_topk` for every k in `ks`, computed from one selection at max(ks); returns {k: TopK}."
+    ks = _check_ks(ks)
+    return _prefixes(select_topk(scores, max(ks), mode, largest), ks, max(ks), mode)
+
+# %% ../nbs/07_topk.ipynb #7d5d9599
+_GOLDEN, _MIX1, _MIX2 = (u - (1 << 64) for u in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))  # SplitMix64 constants as int64
+
+def _shr(z:torch.Tensor, # int64 values, read as unsigned 64-bit words
+         s:int, # shift, 0 < s < 64
+        )->torch.Tensor:
+    "Logical (unsigned) right shift of int64 values."
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+def _mix64(z:torch.Tensor # int64 values, read as unsigned 64-bit words
+          )->torch.Tensor:
+    "The SplitMix64 finaliser, in int64 arithmetic that wraps modulo 2**64."
+    z = (z ^ _shr(z, 30)) * _MIX1
+    z = (z ^ _shr(z, 27)) * _MIX2
+    return z ^ _shr(z, 31)
+
+def tie_keys(name:str, # tensor name
+             flat:torch.Tensor, # flat indices into that tensor (any integer dtype, any device)
+             seed:int, # the seed of the draw
+            )->torch.Tensor:
+    "A pseudo-random int64 key per `(name, flat index, seed)`, on the CPU: the seeded tie-break of `select_seeded`."
+    h = int.from_bytes(hashlib.blake2b(f"{int(seed)}/{name}".encode(), digest_size=8).digest(), "little", signed=True)
+    return _mix64(flat.detach().reshape(-1).to("cpu", torch.int64) * _GOLDEN + h)
+
+# %% ../nbs/07_topk.ipynb #816ddf21
+def _seeded_ties(x:torch.Tensor, # flat scores (eligibility already applied)
+                 v:torch.Tensor, # the tied value
+                 need:int, # how many of the ties to keep
+                 name:str, # tensor name, for the keys
+                 seed:int, # seed, for the keys
+                )->torch.Tensor:
+    "The `need` indices with `x == v` that have the smallest seeded keys, scanning `x` in chunks (CPU int64)."
+    best, bkey = torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
+    for s in range(0, x.numel(), _CHUNK):
+        e = torch.nonzero(x[s:s + _CHUNK] == v).flatten().cpu() + s
+        if e.numel() == 0: continue
+        best, bkey = torch.cat([best, e]), torch.cat([bkey, tie_keys(name, e, seed)])
+        if best.numel() > need:
+            o = torch.sort(bkey, stable=True).indices[:need]
+            best, bkey = best[o], bkey[o]
+    return best
+
+def _tensor_select_seeded(x:torch.Tensor, # flat (1-D) fp32 scores, on any device
+                          k:int, # number of entries to select (at most the eligible count)
+                          largest:bool, # top-k (True) or bottom-k (False)
+                          name:str, # tensor name, for the keys
+                          seed:int, # seed, for the keys
+                          mask:torch.Tensor|None=None, # flat bool mask of eligible entries (None: all)
+                         )->tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    "The `k` most extreme eligible entries of `x`: (scores, keys, flat indices) on the CPU, ordered by score, then seeded key."
+    if mask is not None:
+        mask = mask.to(x.device)
+        x = torch.where(mask, x, -math.inf if largest else math.inf)  # scores are finite: infinities never compete
+    n_ok = x.numel() if mask is None else int(mask.sum())
+    k = min(k, n_ok)
+    if k == n_ok: idx = torch.arange(x.numel()) if mask is None else torch.nonzero(mask).flatten().cpu()
+    else:
+        vals = torch.topk(x, k, largest=largest, sorted=False).values
+        v = vals.min() if largest else vals.max()
+        idx = torch.nonzero(x > v if largest else x < v).flatten().cpu()
+        idx = torch.cat([idx, _seeded_ties(x, v, k - idx.numel(), name, seed)])
+    keys = tie_keys(name, idx, seed)
+    o = torch.sort(keys, stable=True).indices
+    idx, keys = idx[o], keys[o]
+    val = x[idx.to(x.device)].float().cpu()
+    o = torch.sort(val, descending=largest, stable=True).indices
+    return val[o], keys[o], idx[o]
+
+# %% ../nbs/07_topk.ipynb #aa4a7848
+def _check_seed(seed)->int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise EsaError(f"the tie-break seed must be an integer, got {seed!r}.")
+    return int(seed)
+
+def _eligible_mask(eligible, # None, a dict name -> bool mask, or a function name -> bool mask (or None)
+                   name:str, # the tensor
+                   t:torch.Tensor, # its scores
+                  )->torch.Tensor|None:
+    "The flat eligibility mask of tensor `name` (None: every entry is eligible)."
+    m = eligible(name) if callable(eligible) else (eligible or {}).get(name)
+    if m is None: return None
+    m = torch.as_tensor(m)
+    if m.dtype != torch.bool or m.numel() != t.numel():
+        raise EsaError(f"the eligibility mask of {name!r} must be a bool tensor with one entry per score ({t.numel()}), "
+                       f"got dtype {m.dtype} with {m.numel()} entries.")
+    return m.reshape(-1)
+
+def select_seeded(scores:dict[str, torch.Tensor], # parameter name -> score tensor (native shape, any device)
+                  k:int, # entries to select: in total (global) or per tensor (per_layer)
+                  mode:str="global", # 'global' or 'per_layer' (k within each tensor)
+                  largest:bool=True, # True: the k highest scores; False: the k lowest (bottom-k)
+                  eligible:Mapping[str, torch.Tensor]|Callable[[str], torch.Tensor|None]|None=None, # name -> bool mask of selectable entries (missing/None: all)
+                  seed:int=0, # seed of the tie-break keys
+                 )->TopK:
+    "Exact top-k (or bottom-k) among eligible entries, ties broken by seeded keys: the same result for any order of `scores`."
+    _check_scores(scores, mode); k = _check_k(k); seed = _check_seed(seed)
+    names = sorted(scores)
+    flat = lambda n: scores[n].detach().reshape(-1).float()
+    if mode == "per_layer":
+        parts = []
+        for n in names:
+            m = _eligible_mask(eligible, n, scores[n])
+            n_ok = scores[n].numel() if m is None else int(m.sum())
+            if n_ok < k: raise EsaError(f"k={k} is larger than the {n_ok} eligible entries of {n!r}; in per_layer mode every tensor "
+                                        "must have at least k. Use a smaller k, or mode 'global'.")
+            parts.append((n, *_tensor_select_seeded(flat(n), k, largest, n, seed, m)))
+        return TopK([n for n, _, _, i in parts for _ in range(len(i))], torch.cat([p[3] for p in parts]), torch.cat([p[1] for p in parts]))
+    run = [torch.empty(0, dtype=torch.float32)] + [torch.empty(0, dtype=torch.long)] * 3  # score, key, tensor, flat index
+    for t, n in enumerate(names):
+        x, m = flat(n), _eligible_mask(eligible, n, scores[n])
+        if len(run[0]) == k:
+            beyond = x >= run[0][-1].item() if largest else x <= run[0][-1].item()
+            if m is not None: beyond &= m.to(x.device)
+            if not bool(beyond.any()): continue
+            del beyond
+        v, key, i = _tensor_select_seeded(x, k, largest, n, seed, m)
+        run = [torch.cat([run[0], v]), torch.cat([run[1], key]), torch.cat([run[2], torch.full((len(i),), t)]), torch.cat([run[3], i])]
+        o = torch.sort(run[1], stable=True).indices
+        o = o[torch.sort(run[0][o], descending=largest, stable=True).indices][:k]
+        run = [r[o] for r in run]
+    if len(run[0]) < k:
+        raise EsaError(f"k={k} is larger than the number of eligible entries ({len(run[0])} in {len(names)} tensors). Use a smaller k.")
+    return TopK([names[j] for j in run[2].tolist()], run[3], run[0])
+
+# %% ../nbs/07_topk.ipynb #2fa9775d
+def seeded_sweep(scores:dict[str, torch.Tensor], # parameter name -> score tensor
+                 ks:list[int], # the k values to select
+                 mode:str="global", # 'global' or 'per_layer'
+                 largest:bool=True, # top-k (True) or bottom-k (False)
+                 eligible:Mapping[str, torch.Tensor]|Callable[[str], torch.Tensor|None]|None=None, # name -> bool mask of selectable entries
+                 seed:int=0, # seed of the tie-break keys
+                )->dict[int, TopK]:
+    "`select_seeded` for every k in `ks`, computed from one selection at max(ks); returns {k: TopK}."
+    ks = _check_ks(ks)
+    return _prefixes(select_seeded(scores, max(ks), mode, largest, eligible, seed), ks, max(ks), mode)

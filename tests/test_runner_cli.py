@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from conftest import assert_clean_error, call_main, run_cli
-from esa_nb import runner
-from esa_nb.runner import main, compare_main
+from esa_nb import study
+from esa_nb.runner import main
+from esa_nb.compare import compare_main, agreement
 
 
 def _args(model, out, *extra):
@@ -18,7 +19,7 @@ def _args(model, out, *extra):
 BAD = {
     "unknown metric": (["--metric", "fisher"], ["grad_x_weight", "grad_squared", "hessian_diag", "hutchinson_diag", "magnitude", "act_mag"]),
     "unknown perturbation": (["--perturb", "gaussian"], ["zero", "sign_flip", "gauss_noise", "bit_flip"]),
-    "unknown control": (["--perturb", "zero", "--controls", "random_k,top_k"], ["random_k, bottom_k"]),
+    "unknown control": (["--perturb", "zero", "--controls", "random_k,top_k"], ["random_k, bottom_k, matched_k"]),
     "prob above one": (["--perturb", "bit_flip", "--perturb-prob", "1.5"], ["prob"]),
     "prob negative": (["--perturb", "bit_flip", "--perturb-prob", "-0.1"], ["prob"]),
     "negative scale": (["--perturb", "sign_flip", "--perturb-scale", "-1"], ["scale"]),
@@ -61,8 +62,8 @@ def test_scores_from_and_reuse(tiny_dirs, tmp_path, capsys):
     assert call_main(main, _args(tiny_dirs["llama"], a, "--seeds", "3,4"), capsys).returncode == 0
     # all four perturbations from one profiling run: no gradients recomputed
     calls = []
-    orig = runner.compute_scores
-    runner.compute_scores = lambda *x, **k: calls.append(1) or orig(*x, **k)
+    orig = study.compute_scores
+    study.compute_scores = lambda *x, **k: calls.append(1) or orig(*x, **k)
     try:
         for p in ("zero", "sign_flip", "gauss_noise", "bit_flip"):
             out = tmp_path / "elsewhere" / p
@@ -71,7 +72,7 @@ def test_scores_from_and_reuse(tiny_dirs, tmp_path, capsys):
             assert r.returncode == 0, r.stderr
             man = json.loads((out / "experiment_manifest.json").read_text())
             assert len(man["score_reuse"]) == 2
-    finally: runner.compute_scores = orig
+    finally: study.compute_scores = orig
     assert calls == []
     # scores from another metric, model or data are refused with the reason
     for extra, needle in ((["--metric", "magnitude"], "metric"), (["--seq-len", "24"], "calibration data")):
@@ -83,11 +84,11 @@ def test_scores_from_and_reuse(tiny_dirs, tmp_path, capsys):
 
 def test_ctrl_c_keeps_files_complete_and_rerun_reuses_scores(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "run"
-    orig = runner.run_condition
+    orig = study.run_condition
     def boom(*a, **k): raise KeyboardInterrupt
-    runner.run_condition = boom
+    study.run_condition = boom
     try: r = call_main(main, _args(tiny_dirs["llama"], out, "--seeds", "5", "--perturb", "zero"), capsys)
-    finally: runner.run_condition = orig
+    finally: study.run_condition = orig
     assert r.returncode == 130
     for f in out.rglob("*"):  # everything written is complete: JSON parses, no temp files left
         assert not f.name.endswith(".tmp"), f
@@ -105,6 +106,7 @@ def test_k_sweep_and_compare(tiny_dirs, tmp_path, capsys):
     import csv
     rows = list(csv.DictReader(open(out / "dose_response.csv")))
     assert {int(r["k"]) for r in rows} == {5, 10, 20} and {r["condition"] for r in rows} == {"super_weights", "random_k", "bottom_k"}
+    assert {r["seed"] for r in rows} == {"1", "pooled"}
     mag = tmp_path / "mag"
     assert call_main(main, _args(tiny_dirs["gpt2"], mag, "--metric", "magnitude", "--seeds", "1"), capsys).returncode == 0
     cmp_out = tmp_path / "cmp"
@@ -133,7 +135,7 @@ def test_every_metric_through_the_runner(metric, family, tiny_dirs, tmp_path, ca
     assert r.returncode == 0, r.stderr
     import csv
     rows = list(csv.DictReader(open(out / "top_weights.csv")))
-    assert len(rows) == 10 and all(float(x["score"]) >= 0 for x in rows)
+    assert len(rows) == 10 and all(float(x["score"]) >= 0 for x in rows) and {x["seed"] for x in rows} == {"1"}
     if metric in ("hessian_diag", "hutchinson_diag"): assert "hessian_diag" in rows[0]
     # coordinates are in the nn.Linear convention for both families: row < out_features, col < in_features
     from esa_nb.models import load_model
@@ -150,7 +152,6 @@ def test_compare_per_layer_takes_k_of_every_tensor(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "pl"
     assert call_main(main, _args(tiny_dirs["llama"], out, "--metric", "magnitude", "--mode", "per_layer", "--seeds", "1"),
                      capsys).returncode == 0
-    from esa_nb.runner import agreement
     ag = agreement([out, out], k=3)
     assert ag["union_size"] == 3 * 14 and ag["jaccard"][0][1] == 1.0  # 3 from each of the 14 block projections
 
@@ -194,4 +195,11 @@ def test_pooled_ci_over_seeds(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "p"
     assert call_main(main, _args(tiny_dirs["gpt2"], out, "--seeds", "1,2", "--perturb", "sign_flip"), capsys).returncode == 0
     pr = json.loads((out / "perturbation_results.json").read_text())
-    assert pr["super_weights"]["ci_method"].startswith("two-level bootstrap") and len(pr["super_weights"]["delta_nll_per_seed"]) == 2
+    sw = pr["super_weights"]
+    assert "t-interval" in sw["ci_method"] and len(sw["delta_nll_per_seed"]) == 2
+    # every condition keeps its per-block NLL sums, so any interval can be recomputed later
+    assert all(len(sw["per_seed"][s]["block_nll_sum"]) == len(pr["baseline"]["block_nll_sum"]) for s in ("1", "2"))
+    # top_weights.csv lists every seed's top-k, with a consensus rank
+    import csv
+    rows = list(csv.DictReader(open(out / "top_weights.csv")))
+    assert {r["seed"] for r in rows} == {"1", "2"} and len(rows) == 20 and "consensus_rank" in rows[0]
