@@ -47,9 +47,10 @@ sync: install
 	  git status --porcelain -- nbs esa_nb; exit 1; fi
 	@echo "sync check: notebooks and esa_nb/ are in step"
 
-# The step of nbdev_docs that runs before Quarto (which is not installed here): every notebook must pre-process.
+# The step of nbdev_docs that runs before Quarto: every notebook must pre-process (show_doc cells, imports, exports).
+# proc_nbs directly: the nbdev_proc_nbs command would first try to install Quarto with sudo and pip-install the project.
 docs-check: install
-	$(BIN)/nbdev_proc_nbs
+	$(BIN)/python -c "from nbdev.serve import proc_nbs; proc_nbs(n_workers=2, force=True)"
 	@echo "docs check: every notebook pre-processes (nbdev_proc_nbs)"
 
 test: install nbtest docs-check pytest sync

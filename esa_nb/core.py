@@ -26,10 +26,11 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['EXIT_USAGE', 'DTYPES', 'EsaError', 'cli_entry', 'atomic_write_bytes', 'atomic_write_text', 'write_json', 'read_json',
-           'atomic_path', 'prepare_out_dir', 'sha256_file', 'sha256_tensor', 'sha256_json', 'resolve_device',
-           'resolve_dtype', 'seed_everything', 'hub_offline', 'offline_mode', 'get_logger', 'peak_memory',
-           'package_versions', 'device_name', 'RunManifest', 'parse_int_list']
+__all__ = ['EXIT_USAGE', 'ESA_MARKERS', 'LOCK_NAME', 'DTYPES', 'EsaError', 'cli_entry', 'atomic_write_bytes', 'atomic_write_text',
+           'write_json', 'read_json', 'atomic_path', 'prepare_out_dir', 'RunLock', 'claim_out_dir', 'sha256_file',
+           'sha256_tensor', 'sha256_json', 'resolve_device', 'resolve_dtype', 'seed_everything', 'hub_offline',
+           'offline_mode', 'get_logger', 'peak_memory', 'package_versions', 'device_name', 'RunManifest',
+           'parse_int_list']
 
 # %% ../nbs/00_core.ipynb #83c04efe
 class EsaError(Exception):
@@ -122,23 +123,107 @@ def atomic_path(path:str|Path # final destination
     finally:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
 
-# %% ../nbs/00_core.ipynb #792ebae3
-def prepare_out_dir(path:str|Path, # run directory
-                    overwrite:bool=False, # allow reusing a non-empty directory
-                   )->Path:
-    "Create `path` for a run; refuse a file, an unwritable place, or a non-empty dir unless `overwrite`."
-    path = Path(path)
+# %% ../nbs/00_core.ipynb #75423df7
+ESA_MARKERS = ("experiment_manifest.json", "agreement.json")  # files that make a directory an esa_nb output
+LOCK_NAME = ".esa.lock"  # the file that claims a run directory (see `RunLock`)
+
+def _related(a:Path, b:Path)->bool:
+    "a is b, inside b, or contains b (resolved paths)."
+    a, b = a.resolve(), b.resolve()
+    return a == b or b in a.parents or a in b.parents
+
+def _check_out_path(path:Path, protect:Iterable):
+    "Refuse a file, a dangling symlink, or a directory related to a protected input (the model, the data files)."
+    if path.is_symlink() and not path.exists():
+        raise EsaError(f"--out-dir {path} is a dangling symbolic link (to {os.readlink(path)}, which does not exist). "
+                       "Create its target or choose another path.")
     if path.exists() and not path.is_dir():
         raise EsaError(f"--out-dir {path} exists and is a file, not a directory. Choose another path.")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise EsaError(f"--out-dir {path} already holds a run and is not empty. Pass --overwrite to replace its files, "
-                       "or choose a new directory; esa_nb never overwrites results silently.")
+    for p in protect:
+        if p is not None and Path(p).exists() and _related(path, Path(p)):
+            raise EsaError(f"--out-dir {path} is, contains or lies inside an input of the run ({p}); writing there could destroy "
+                           "the model or the data. Choose a directory outside them.")
+
+def prepare_out_dir(path:str|Path, # run directory
+                    overwrite:bool=False, # allow reusing a directory that holds an earlier esa_nb run
+                    protect:Iterable=(), # inputs the directory must not be, contain or lie inside (model dir, data files)
+                   )->Path:
+    "Create `path` for a run; refuse a file, an input's directory, an unwritable place, or a non-empty dir unless `overwrite` (esa runs only)."
+    path = Path(path)
+    _check_out_path(path, protect)
+    if path.is_dir() and any(f.name != LOCK_NAME for f in path.iterdir()):
+        if not overwrite:
+            raise EsaError(f"--out-dir {path} already holds a run and is not empty. Pass --overwrite to replace its files, "
+                           "or choose a new directory; esa_nb never overwrites results silently.")
+        if not any((path/m).is_file() for m in ESA_MARKERS):
+            raise EsaError(f"--out-dir {path} is not empty and holds no esa_nb run (no {ESA_MARKERS[0]}), so --overwrite "
+                           "will not touch it: its files are someone else's. Choose a new directory.")
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write_probe.", dir=path); os.close(fd); os.unlink(probe)
     except OSError as e:
         raise EsaError(f"--out-dir {path} is not writable ({e.strerror or e}). Choose a directory you can write to.") from None
     return path
+
+# %% ../nbs/00_core.ipynb #5e2ac213
+def _alive(pid:int)->bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+class RunLock:
+    "The lock file that claims a run directory for one process (`O_CREAT|O_EXCL`); a context manager."
+    def __init__(self, path:str|Path # the run directory
+                ): self.dir, self.file, self.held = Path(path), Path(path)/LOCK_NAME, False
+
+    def _holder(self)->dict:
+        try: return json.loads(self.file.read_text())
+        except (OSError, ValueError): return {}
+
+    def acquire(self, take_stale:bool=False # take over a lock whose process no longer runs on this host
+               )->RunLock:
+        "Claim the directory, or raise `EsaError` naming the run that holds it."
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try: fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            h = self._holder(); pid, host = h.get("pid"), h.get("host")
+            stale = host == platform.node() and isinstance(pid, int) and not _alive(pid)
+            if stale and take_stale:
+                logging.getLogger("esa_nb").warning(f"taking over the stale lock {self.file} of process {pid}, which no longer runs")
+                self.file.unlink(missing_ok=True); return self.acquire()
+            if stale: raise EsaError(f"--out-dir {self.dir} holds a stale lock ({self.file}) of process {pid} on {host}, which no "
+                                     "longer runs (it was killed). Pass --overwrite to take it over, or delete the lock file.") from None
+            raise EsaError(f"--out-dir {self.dir} is in use by another run (process {pid} on {host}, started {h.get('started')}). "
+                           "Wait for it to finish or choose another directory.") from None
+        with os.fdopen(fd, "w") as f: json.dump({"pid": os.getpid(), "host": platform.node(), "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}, f)
+        self.held = True
+        return self
+
+    def release(self):
+        "Remove the lock (only if this process holds it)."
+        if self.held: self.file.unlink(missing_ok=True); self.held = False
+
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()
+
+# %% ../nbs/00_core.ipynb #75e94848
+def claim_out_dir(path:str|Path, # run directory
+                  overwrite:bool=False, # allow an earlier esa_nb run there (and take over a stale lock)
+                  protect:Iterable=(), # inputs the directory must not be, contain or lie inside
+                 )->RunLock:
+    "Check, lock, then prepare `path` for a run; returns the held `RunLock` (release it when the run ends)."
+    path = Path(path)
+    _check_out_path(path, protect)
+    existed = path.exists()
+    lock = RunLock(path).acquire(take_stale=overwrite)
+    try: prepare_out_dir(path, overwrite, protect)
+    except BaseException:
+        lock.release()
+        if not existed:
+            with contextlib.suppress(OSError): path.rmdir()
+        raise
+    return lock
 
 # %% ../nbs/00_core.ipynb #5891eca2
 def sha256_file(path:str|Path, # file to hash

@@ -6,18 +6,21 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, NamedTuple
+from typing import Callable, Iterator, Mapping, NamedTuple
 
 import torch
 
 from .core import EsaError
+from .topk import TopK, select_seeded, seeded_sweep
 
 # %% auto #0
 __all__ = ['METHODS', 'NOISE_KINDS', 'BIT_NAMES', 'FLOAT_BITS', 'bits_view', 'tensor_checksum', 'check_selection', 'FloatBits',
-           'resolve_bit', 'bit_masks', 'check_method_args', 'Perturbation', 'apply_perturbation', 'restore',
-           'perturbed', 'random_k', 'matched_random']
+           'resolve_bit', 'bit_masks', 'check_method_args', 'PerturbSettings', 'Perturbation', 'apply_perturbation',
+           'restore', 'perturbed', 'changeable', 'random_k', 'matched_random', 'bottom_k', 'bottom_sweep', 'Matched',
+           'matched_k']
 
 # %% ../nbs/09_perturb.ipynb #2dc6edc0
 _INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -155,6 +158,36 @@ def check_method_args(method:str, # one of METHODS
     elif isinstance(bit, bool) or not isinstance(bit, int) or bit < 0:
         raise EsaError(f"bit must be one of {', '.join(BIT_NAMES)} or a non-negative bit index, got {bit!r}.")
 
+# %% ../nbs/09_perturb.ipynb #00301bb1
+@dataclass(frozen=True)
+class PerturbSettings:
+    "A perturbation method and its settings, validated on creation (an `EsaError` says what is wrong)."
+    method:str # 'zero', 'sign_flip', 'gauss_noise' or 'bit_flip'
+    scale:float=1.0 # sign_flip: w <- -scale*w; gauss_noise: sigma = scale*|w| (relative) or scale (absolute)
+    prob:float=1.0 # bit_flip: probability that a selected weight gets its one bit flipped
+    bit:str|int="random" # bit_flip: 'random', 'sign', 'exponent_msb', 'mantissa_msb' or an index (0 = LSB); "3" means 3
+    noise:str="relative" # gauss_noise: 'relative' or 'absolute'
+
+    def __post_init__(self):
+        if isinstance(self.bit, str) and self.bit.lstrip("-").isdigit(): object.__setattr__(self, "bit", int(self.bit))
+        self.check()
+
+    def check(self)->PerturbSettings:
+        "Raise an `EsaError` for an unknown method or an out-of-range setting (the rules of `check_method_args`); return self."
+        check_method_args(self.method, self.scale, self.prob, self.bit, self.noise)
+        return self
+
+    def as_dict(self)->dict:
+        "The five fields as plain Python, for JSON; `PerturbSettings(**d)` rebuilds the object."
+        return dataclasses.asdict(self)
+
+def _as_settings(settings # a PerturbSettings, or its `as_dict()`
+                )->PerturbSettings:
+    "A `PerturbSettings` from itself or from its dict form."
+    if isinstance(settings, PerturbSettings): return settings
+    if isinstance(settings, Mapping): return PerturbSettings(**settings)
+    raise EsaError(f"settings must be a PerturbSettings (or its as_dict()), got {type(settings).__name__}.")
+
 # %% ../nbs/09_perturb.ipynb #d2d2fc7f
 @dataclass
 class Perturbation:
@@ -178,6 +211,17 @@ def _unsigned(vals:list, # signed integers read from an integer view
     "Two's-complement values as their unsigned bit patterns."
     return [v & ((1 << width) - 1) for v in vals]
 
+def _settings_of(method, scale, prob, bit, noise, # the loose arguments of a call
+                 settings:PerturbSettings|None, # or the settings object
+                )->PerturbSettings:
+    "The call's `PerturbSettings`: `settings`, or one built from the loose arguments; both at once is an `EsaError`."
+    if settings is None:
+        if method is None: raise EsaError("name the perturbation: a method (zero, sign_flip, gauss_noise, bit_flip) or settings=PerturbSettings(...).")
+        return PerturbSettings(method, scale, prob, bit, noise)
+    if method is not None or (scale, prob, bit, noise) != (1.0, 1.0, "random", "relative"):
+        raise EsaError("pass the perturbation either as settings=PerturbSettings(...) or as method/scale/prob/bit/noise, not both.")
+    return _as_settings(settings)
+
 def _new_values(method:str, # 'zero', 'sign_flip' or 'gauss_noise'
                 w:torch.Tensor, # the selected weights (a copy), in their dtype
                 scale:float, # method scale
@@ -196,31 +240,54 @@ def _new_values(method:str, # 'zero', 'sign_flip' or 'gauss_noise'
     eps = z * scale * (w_c.abs() if noise == "relative" else 1.0)
     return torch.where(eps == 0, w, (w_c + eps).to(w.dtype))
 
+def _flip_bits(name:str, # the tensor, for the record
+               idx:torch.Tensor, # its selected flat indices
+               old_bits:torch.Tensor, # their original bit patterns
+               dtype:torch.dtype, # the weights' dtype
+               prob:float, bit:str|int, # the bit_flip settings
+               gen:torch.Generator|None, gdev:torch.device, # RNG and its device
+               flips:dict, # the record's columnar flip lists, appended to
+              )->tuple[torch.Tensor, int]:
+    "New bit patterns for bit_flip (each weight flips one bit with probability `prob`), and the number flipped."
+    lay, k = FLOAT_BITS[dtype], idx.numel()
+    coin = torch.rand(k, generator=gen, device=gdev) < prob
+    drawn = torch.randint(0, lay.width, (k,), generator=gen, device=gdev)
+    b = resolve_bit(bit, dtype)
+    bits = drawn if b is None else torch.full_like(drawn, b)
+    mask = torch.where(coin, bit_masks(bits, lay.int_dtype), torch.zeros((), dtype=lay.int_dtype))
+    new_bits = old_bits ^ mask.to(old_bits.device)
+    c, nf = coin.to(old_bits.device), int(coin.sum())
+    flips["tensor"] += [name] * nf; flips["index"] += idx[c].tolist(); flips["bit"] += bits[coin].tolist()
+    flips["old"] += old_bits[c].view(dtype).double().tolist(); flips["new"] += new_bits[c].view(dtype).double().tolist()
+    flips["old_bits"] += _unsigned(old_bits[c].tolist(), lay.width); flips["new_bits"] += _unsigned(new_bits[c].tolist(), lay.width)
+    return new_bits, nf
+
 def apply_perturbation(params:Mapping[str, torch.Tensor]|torch.nn.Module, # name -> parameter (or a model), changed in place
                        selection:Mapping[str, torch.Tensor], # name -> 1-D flat indices into `param.view(-1)`
-                       method:str, # 'zero', 'sign_flip', 'gauss_noise' or 'bit_flip'
+                       method:str|None=None, # 'zero', 'sign_flip', 'gauss_noise' or 'bit_flip' (or give `settings`)
                        scale:float=1.0, # sign_flip: w <- -scale*w; gauss_noise: sigma = scale*|w| (relative) or scale (absolute)
                        prob:float=1.0, # bit_flip: probability that a selected weight gets its one bit flipped
                        bit:str|int="random", # bit_flip: 'random', 'sign', 'exponent_msb', 'mantissa_msb' or an index (0 = LSB)
                        noise:str="relative", # gauss_noise: 'relative' or 'absolute'
                        generator:torch.Generator|int|None=None, # RNG for gauss_noise/bit_flip: a Generator, an int seed, or None (torch's global RNG)
+                       settings:PerturbSettings|None=None, # the perturbation as one object, instead of method/scale/prob/bit/noise
                       )->Perturbation:
     "Perturb the selected entries in place, saving their original bits; undo with `restore`."
-    check_method_args(method, scale, prob, bit, noise)
+    s = _settings_of(method, scale, prob, bit, noise, settings)
     params = _as_params(params)
     sel = check_selection(params, selection)
     names = sorted(sel)
     for n in names:
         dt = params[n].dtype
-        if method == "bit_flip": resolve_bit(bit, dt)
-        elif not dt.is_floating_point: raise EsaError(f"{method} needs floating-point weights; {n!r} is {dt}.")
+        if s.method == "bit_flip": resolve_bit(s.bit, dt)
+        elif not dt.is_floating_point: raise EsaError(f"{s.method} needs floating-point weights; {n!r} is {dt}.")
     gen = _as_generator(generator)
     gdev = gen.device if gen is not None else torch.device("cpu")
-    settings = {"zero": {}, "sign_flip": {"scale": scale}, "gauss_noise": {"scale": scale, "noise": noise},
-                "bit_flip": {"prob": prob, "bit": bit}}[method]
-    record = {"method": method, **settings, "seed": generator if isinstance(generator, int) else None,
-              "n_selected": 0, "n_changed": 0, "n_nonfinite": 0, "per_tensor": {}}
-    if method == "bit_flip":
+    acting = {"zero": (), "sign_flip": ("scale",), "gauss_noise": ("scale", "noise"), "bit_flip": ("prob", "bit")}[s.method]
+    counts = ("n_selected", "n_changed", "n_value_changed", "n_nonfinite")
+    record = {"method": s.method, **{a: getattr(s, a) for a in acting}, "seed": generator if isinstance(generator, int) else None,
+              **dict.fromkeys(counts, 0), "per_tensor": {}}
+    if s.method == "bit_flip":
         record["n_flipped"] = 0
         record["flips"] = {"tensor": [], "index": [], "bit": [], "old": [], "new": [], "old_bits": [], "new_bits": []}
     state = Perturbation(record=record)
@@ -233,35 +300,18 @@ def apply_perturbation(params:Mapping[str, torch.Tensor]|torch.nn.Module, # name
     try:
         with torch.no_grad():
             for n, p, idx, old_bits in state.saved:
-                flat_bits, k = bits_view(p.detach().view(-1)), idx.numel()
-                w = old_bits.view(p.dtype)
-                rec = {"dtype": _dtype_name(p.dtype), "n_selected": k}
-                if method == "bit_flip":
-                    lay = FLOAT_BITS[p.dtype]
-                    coin = torch.rand(k, generator=gen, device=gdev) < prob
-                    drawn = torch.randint(0, lay.width, (k,), generator=gen, device=gdev)
-                    b = resolve_bit(bit, p.dtype)
-                    bits = drawn if b is None else torch.full_like(drawn, b)
-                    mask = torch.where(coin, bit_masks(bits, lay.int_dtype), torch.zeros((), dtype=lay.int_dtype))
-                    new_bits = old_bits ^ mask.to(p.device)
-                    coin_d = coin.to(p.device)
-                    rec["n_flipped"] = int(coin.sum())
-                    fl = record["flips"]
-                    fl["tensor"] += [n] * rec["n_flipped"]
-                    fl["index"] += idx[coin_d].tolist()
-                    fl["bit"] += bits[coin].tolist()
-                    fl["old"] += old_bits[coin_d].view(p.dtype).double().tolist()
-                    fl["new"] += new_bits[coin_d].view(p.dtype).double().tolist()
-                    fl["old_bits"] += _unsigned(old_bits[coin_d].tolist(), lay.width)
-                    fl["new_bits"] += _unsigned(new_bits[coin_d].tolist(), lay.width)
+                rec = {"dtype": _dtype_name(p.dtype), "n_selected": idx.numel()}
+                if s.method == "bit_flip":
+                    new_bits, rec["n_flipped"] = _flip_bits(n, idx, old_bits, p.dtype, s.prob, s.bit, gen, gdev, record["flips"])
                     record["n_flipped"] += rec["n_flipped"]
-                else:
-                    new_bits = bits_view(_new_values(method, w, scale, noise, gen, gdev).contiguous())
-                flat_bits[idx] = new_bits
+                else: new_bits = bits_view(_new_values(s.method, old_bits.view(p.dtype), s.scale, s.noise, gen, gdev).contiguous())
+                bits_view(p.detach().view(-1))[idx] = new_bits
+                ov, nv = old_bits.view(p.dtype), new_bits.view(p.dtype)
                 rec["n_changed"] = int((new_bits != old_bits).sum())
-                rec["n_nonfinite"] = int((~torch.isfinite(new_bits.view(p.dtype))).sum())
+                rec["n_value_changed"] = int(((nv != ov) & ~(torch.isnan(nv) & torch.isnan(ov))).sum())
+                rec["n_nonfinite"] = int((~torch.isfinite(nv)).sum())
                 record["per_tensor"][n] = rec
-                for key in ("n_selected", "n_changed", "n_nonfinite"): record[key] += rec[key]
+                for key in counts: record[key] += rec[key]
     except BaseException:
         restore(state)
         raise
@@ -289,21 +339,39 @@ def restore(state:Perturbation # what `apply_perturbation` returned
 @contextlib.contextmanager
 def perturbed(params:Mapping[str, torch.Tensor]|torch.nn.Module, # name -> parameter (or a model), changed in place
               selection:Mapping[str, torch.Tensor], # name -> 1-D flat indices into `param.view(-1)`
-              method:str, # 'zero', 'sign_flip', 'gauss_noise' or 'bit_flip'
+              method:str|None=None, # 'zero', 'sign_flip', 'gauss_noise' or 'bit_flip' (or give `settings`)
               scale:float=1.0, # sign_flip: w <- -scale*w; gauss_noise: sigma = scale*|w| (relative) or scale (absolute)
               prob:float=1.0, # bit_flip: probability that a selected weight gets its one bit flipped
               bit:str|int="random", # bit_flip: 'random', 'sign', 'exponent_msb', 'mantissa_msb' or an index (0 = LSB)
               noise:str="relative", # gauss_noise: 'relative' or 'absolute'
               generator:torch.Generator|int|None=None, # RNG for gauss_noise/bit_flip: a Generator, an int seed, or None (torch's global RNG)
+              settings:PerturbSettings|None=None, # the perturbation as one object, instead of method/scale/prob/bit/noise
              )->Iterator[dict]:
     "Perturb the selection for the duration of a `with` block, yielding the record; restore and verify bit-identity on exit."
-    state = apply_perturbation(params, selection, method, scale=scale, prob=prob, bit=bit, noise=noise, generator=generator)
+    state = apply_perturbation(params, selection, method, scale=scale, prob=prob, bit=bit, noise=noise, generator=generator, settings=settings)
     try: yield state.record
     finally: restore(state)
+
+# %% ../nbs/09_perturb.ipynb #98e6654f
+def changeable(values:torch.Tensor, # weights, in their storage dtype (any shape, any device)
+               settings:PerturbSettings, # the perturbation
+              )->torch.Tensor:
+    "Bool mask shaped like `values`: the weights whose value the perturbation changes (with positive probability)."
+    s, w = _as_settings(settings), values.detach()
+    nothing, every = torch.zeros_like(w, dtype=torch.bool), torch.ones_like(w, dtype=torch.bool)
+    if s.method == "bit_flip":
+        if s.prob == 0: return nothing
+        return w != 0 if resolve_bit(s.bit, w.dtype) == FLOAT_BITS[w.dtype].sign else every
+    if not w.is_floating_point(): raise EsaError(f"{s.method} needs floating-point weights, got {w.dtype}.")
+    if s.method == "gauss_noise":
+        if s.scale == 0: return nothing
+        if s.noise == "absolute": return every
+    return w != 0
 
 # %% ../nbs/09_perturb.ipynb #3156f639
 _SMALL_NUMEL = 1 << 20  # at or below this many positions, permute instead of rejection sampling
 _MAX_DRAW = 1 << 24  # candidates per rejection round (bounds scratch memory)
+_SCAN = 1 << 24  # elements per step when a whole tensor is scanned (bounds scratch memory)
 
 def _numel(shape # an int, a shape tuple, a torch.Size or a tensor
           )->int:
@@ -326,15 +394,19 @@ def _sample_rejection(n:int, # positions 0..n-1
                       k:int, # how many to draw
                       excl:torch.Tensor, # sorted distinct excluded positions (CPU int64)
                       gen:torch.Generator, # RNG
+                      keep:Callable|None=None, # positions (CPU int64) -> bool: which may be drawn (None: all outside `excl`)
+                      avail:int|None=None, # how many positions `keep` allows outside `excl` (None: n - len(excl))
                      )->torch.Tensor:
-    "k distinct uniform positions in [0, n) outside `excl`, in draw order, by rejection (O(k) memory)."
+    "k distinct uniform positions in [0, n) outside `excl` (and allowed by `keep`), in draw order, by rejection (O(k) memory)."
+    avail = n - excl.numel() if avail is None else avail
     chosen = torch.empty(0, dtype=torch.int64)
     while chosen.numel() < k:
         need = k - chosen.numel()
-        free = n - excl.numel() - chosen.numel()
+        free = avail - chosen.numel()
         m = min(_MAX_DRAW, int(need * n / free * 1.25) + 64)
         c = _first_occurrences(torch.randint(0, n, (m,), generator=gen))
         c = c[~torch.isin(c, excl) & ~torch.isin(c, chosen)]
+        if keep is not None: c = c[keep(c)]
         chosen = torch.cat([chosen, c[:need]])
     return chosen
 
@@ -342,22 +414,38 @@ def _sample_permute(n:int, # positions 0..n-1
                     k:int, # how many to draw
                     excl:torch.Tensor, # excluded positions (CPU int64)
                     gen:torch.Generator, # RNG
+                    keep:Callable|None=None, # positions (CPU int64) -> bool: which may be drawn (None: all outside `excl`)
                    )->torch.Tensor:
-    "k distinct uniform positions in [0, n) outside `excl`, by permuting the available positions (O(n) memory)."
-    keep = torch.ones(n, dtype=torch.bool); keep[excl] = False
-    pool = keep.nonzero().squeeze(1)
+    "k distinct uniform positions in [0, n) outside `excl` (and allowed by `keep`), by permuting the available positions (O(n) memory)."
+    if keep is None: ok = torch.ones(n, dtype=torch.bool)
+    else: ok = torch.cat([keep(torch.arange(s, min(s + _SCAN, n))) for s in range(0, n, _SCAN)])
+    ok[excl] = False
+    pool = ok.nonzero().squeeze(1)
     return pool[torch.randperm(pool.numel(), generator=gen)[:k]]
 
-def random_k(shapes:Mapping[str, int|tuple|torch.Size|torch.Tensor], # name -> numel, shape, or the tensor itself
+def _changeable_keep(name:str, # tensor name, for the error message
+                     t, # the tensor's weights (a shape is refused)
+                     s:PerturbSettings, # the perturbation
+                    )->tuple[Callable|None, int]:
+    "For draws in `t`: a filter positions -> changeable (None when every weight is changeable) and how many weights are not."
+    if not isinstance(t, torch.Tensor):
+        raise EsaError(f"to draw only weights that {s.method} can change, pass the weights of {name!r} (a tensor or the model), not its shape.")
+    flat = t.detach().reshape(-1)
+    n_fixed = sum(int((~changeable(flat[i:i + _SCAN], s)).sum()) for i in range(0, flat.numel(), _SCAN))
+    if n_fixed == 0: return None, 0
+    return (lambda c: changeable(flat[c.to(flat.device)], s).cpu()), n_fixed
+
+def random_k(shapes:Mapping[str, int|tuple|torch.Size|torch.Tensor], # name -> numel, shape, or the tensor itself (the weights, with `settings`)
              counts:Mapping[str, int], # name -> how many positions to draw there (e.g. the top-k count)
              exclude:Mapping[str, torch.Tensor]|None, # name -> flat positions never to draw (the top-k set); None: none
              generator:torch.Generator|int, # RNG or integer seed (required: a control must be reproducible)
+             settings:PerturbSettings|None=None, # draw only weights this perturbation changes (None: any position)
             )->dict[str, torch.Tensor]:
     "The matched random control: per tensor, `counts[name]` distinct uniform flat positions outside `exclude[name]` (sorted CPU int64)."
     if generator is None: raise EsaError("random_k needs a generator or an integer seed, so that the control can be reproduced.")
     gen = _as_generator(generator)
     if gen.device.type != "cpu": raise EsaError(f"random_k draws on the CPU; pass a CPU generator or an integer seed, not one on {gen.device}.")
-    exclude = exclude or {}
+    exclude, s = exclude or {}, None if settings is None else _as_settings(settings)
     out = {}
     for name in sorted(counts):
         k = counts[name]
@@ -368,20 +456,154 @@ def random_k(shapes:Mapping[str, int|tuple|torch.Size|torch.Tensor], # name -> n
         excl = torch.unique(excl)  # sorted, distinct
         if excl.numel() and (excl[0] < 0 or excl[-1] >= n):
             raise EsaError(f"exclude[{name!r}] has positions outside [0, {n}).")
-        avail = n - excl.numel()
+        keep, n_fixed = (None, 0) if s is None else _changeable_keep(name, shapes[name], s)
+        avail = n - excl.numel() - (0 if keep is None else n_fixed - int((~keep(excl)).sum()))
         if k > avail:
-            raise EsaError(f"cannot draw {k} random positions from {name!r}: it has {n} positions, {excl.numel()} excluded, so only {avail} available.")
+            fixed = f", {n_fixed} that {s.method} cannot change" if n_fixed else ""
+            raise EsaError(f"cannot draw {k} random positions from {name!r}: it has {n} positions, {excl.numel()} excluded{fixed}, so only {avail} available.")
         if k == 0: pick = torch.empty(0, dtype=torch.int64)
-        elif n <= _SMALL_NUMEL or 2 * k > avail: pick = _sample_permute(n, k, excl, gen)
-        else: pick = _sample_rejection(n, k, excl, gen)
+        elif n <= _SMALL_NUMEL or 2 * k > avail: pick = _sample_permute(n, k, excl, gen, keep)
+        else: pick = _sample_rejection(n, k, excl, gen, keep, avail)
         out[name] = pick.sort().values
     return out
 
 def matched_random(selection:Mapping[str, torch.Tensor], # the top-k selection: name -> flat indices
                    shapes:Mapping[str, int|tuple|torch.Size|torch.Tensor]|torch.nn.Module, # name -> numel/shape/tensor, or a model
                    generator:torch.Generator|int, # RNG or integer seed
+                   settings:PerturbSettings|None=None, # draw only weights this perturbation changes (needs tensors or a model)
                   )->dict[str, torch.Tensor]:
     "`random_k` with the counts of `selection`, excluding `selection` itself: the control matched to a top-k set."
     if isinstance(shapes, torch.nn.Module): shapes = dict(shapes.named_parameters())
     counts = {n: int(torch.as_tensor(i).numel()) for n, i in selection.items()}
-    return random_k(shapes, counts, selection, generator)
+    return random_k(shapes, counts, selection, generator, settings)
+
+# %% ../nbs/09_perturb.ipynb #72dce0db
+def _changeable_of(scores:Mapping[str, torch.Tensor], # name -> score tensor
+                   params, # name -> weights, or a model
+                   settings:PerturbSettings, # the perturbation
+                  )->Callable[[str], torch.Tensor]:
+    "name -> `changeable` mask of that tensor's weights, after checking that every scored tensor has its weights."
+    params, s = _as_params(params), _as_settings(settings)
+    missing = [n for n in scores if n not in params]
+    if missing: raise EsaError(f"bottom-k needs the weights of every scored tensor, to tell which can change; {missing[0]!r} "
+                               f"is not among the {len(params)} given parameters.")
+    return lambda n: changeable(params[n], s)
+
+def bottom_k(scores:dict[str, torch.Tensor], # parameter name -> score tensor
+             k:int, # entries to select: in total (global) or per tensor (per_layer)
+             mode:str, # 'global' or 'per_layer'
+             params:Mapping[str, torch.Tensor]|torch.nn.Module, # name -> weights (or the model): which can change
+             settings:PerturbSettings, # the perturbation the control will receive
+             seed:int, # seed of the tie-break among equal scores
+            )->TopK:
+    "The k lowest scores among the weights `settings` can change, ties drawn by `seed`, independent of the order of `scores`."
+    return select_seeded(scores, k, mode, largest=False, eligible=_changeable_of(scores, params, settings), seed=seed)
+
+def bottom_sweep(scores:dict[str, torch.Tensor], # parameter name -> score tensor
+                 ks:list[int], # the k values of the sweep
+                 mode:str, # 'global' or 'per_layer'
+                 params:Mapping[str, torch.Tensor]|torch.nn.Module, # name -> weights (or the model)
+                 settings:PerturbSettings, # the perturbation
+                 seed:int, # seed of the tie-break
+                )->dict[int, TopK]:
+    "`bottom_k` for every k in `ks`, from one selection at max(ks); returns {k: TopK}."
+    return seeded_sweep(scores, ks, mode, largest=False, eligible=_changeable_of(scores, params, settings), seed=seed)
+
+# %% ../nbs/09_perturb.ipynb #3c66224b
+class Matched(dict):
+    "A magnitude-matched selection, name -> sorted CPU int64 flat indices, that also carries the JSON-ready `record` of its bins."
+    def __init__(self, selection:dict, # name -> sorted CPU int64 flat indices
+                 record:dict, # n_bins, n_selected, n_borrowed, per_tensor: name -> edges, top_bins, drawn_bins, n_borrowed
+                ):
+        super().__init__(selection)
+        self.record = record
+
+def _quantile_edges(flat:torch.Tensor, # flat weights
+                    s:PerturbSettings|None, # only changeable weights count (None: all)
+                    n_bins:int, # number of bins B
+                   )->torch.Tensor:
+    "The B-1 inner |w| quantiles over the changeable weights (the ceil(j*m/B)-th smallest, j = 1..B-1), on flat's device."
+    cdt = torch.float64 if flat.dtype == torch.float64 else torch.float32
+    parts = []
+    for i in range(0, flat.numel(), _SCAN):
+        c = flat[i:i + _SCAN]
+        parts.append(c.abs().to(cdt) if s is None else c[changeable(c, s)].abs().to(cdt))
+    a = torch.cat(parts) if parts else torch.empty(0, dtype=cdt, device=flat.device)
+    m = a.numel()
+    if m == 0: return torch.zeros(n_bins - 1, dtype=cdt, device=flat.device)
+    return torch.stack([torch.kthvalue(a, (j * m + n_bins - 1) // n_bins).values for j in range(1, n_bins)]) if n_bins > 1 else a[:0]
+
+def _bins(vals:torch.Tensor, # weights
+          edges:torch.Tensor, # bin edges from `_quantile_edges`
+          s:PerturbSettings|None, # perturbation (None: every weight changeable)
+         )->torch.Tensor:
+    "The |w| bin of each weight (CPU int64), -1 where the perturbation cannot change it."
+    b = torch.bucketize(vals.abs().to(edges.dtype), edges)
+    return (b if s is None else torch.where(changeable(vals, s), b, -1)).cpu()
+
+def _borrow_plan(need:list[int], # top-k weights per bin
+                 avail:list[int], # candidates per bin
+                 name:str, # tensor name, for the error
+                )->tuple[list[int], int]:
+    "How many to draw from each bin: its own need first, shortfalls from the nearest bins with spare (lower first); and the number borrowed."
+    B = len(need)
+    draw = [min(n, a) for n, a in zip(need, avail)]
+    spare, short = [a - d for a, d in zip(avail, draw)], [n - d for n, d in zip(need, draw)]
+    borrowed = 0
+    for b in range(B):
+        for d in range(1, B):
+            for j in (b - d, b + d):
+                if short[b] and 0 <= j < B and spare[j]:
+                    t = min(short[b], spare[j]); draw[j] += t; spare[j] -= t; short[b] -= t; borrowed += t
+    if any(short): raise EsaError(f"cannot draw {sum(need)} magnitude-matched weights from {name!r}: it has only {sum(avail)} "
+                                  "changeable weights outside the top-k set.")
+    return draw, borrowed
+
+# %% ../nbs/09_perturb.ipynb #c7a1935d
+def _draw_bin(flat:torch.Tensor, # flat weights
+              edges:torch.Tensor, s:PerturbSettings|None, # binning
+              b:int, # the bin to draw from
+              count:int, # how many
+              avail:int, # candidates in the bin outside the top-k
+              top:torch.Tensor, # sorted top-k flat indices (CPU int64)
+              gen:torch.Generator, # RNG
+             )->torch.Tensor:
+    "`count` distinct uniform positions from bin `b`, changeable and outside the top-k."
+    n = flat.numel()
+    if n <= _SMALL_NUMEL or 2 * count > avail:
+        ok = torch.cat([_bins(flat[i:i + _SCAN], edges, s) == b for i in range(0, n, _SCAN)])
+        return _sample_permute(n, count, top, gen, lambda c: ok[c])
+    return _sample_rejection(n, count, top, gen, lambda c: _bins(flat[c.to(flat.device)], edges, s) == b, avail)
+
+def matched_k(selection:Mapping[str, torch.Tensor], # the top-k selection: name -> flat indices
+              params:Mapping[str, torch.Tensor]|torch.nn.Module, # name -> weights, or the model
+              settings:PerturbSettings|None, # draw only weights this perturbation changes (None: any weight)
+              generator:torch.Generator|int, # RNG or integer seed
+              n_bins:int=10, # quantile bins of |w| per tensor
+             )->Matched:
+    "Per tensor, for each top-k weight one random changeable non-top-k weight from the same |w| quantile bin (nearest bin if it runs out)."
+    if generator is None: raise EsaError("matched_k needs a generator or an integer seed, so that the control can be reproduced.")
+    gen = _as_generator(generator)
+    if gen.device.type != "cpu": raise EsaError(f"matched_k draws on the CPU; pass a CPU generator or an integer seed, not one on {gen.device}.")
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1: raise EsaError(f"n_bins must be an integer >= 1, got {n_bins!r}.")
+    params, s = _as_params(params), None if settings is None else _as_settings(settings)
+    out, per = {}, {}
+    for name in sorted(selection):
+        if name not in params: raise EsaError(f"the selection names {name!r}, which is not among the {len(params)} given parameters.")
+        flat = params[name].detach().reshape(-1)
+        top = torch.unique(torch.as_tensor(selection[name]).reshape(-1).to("cpu", torch.int64))
+        if top.numel() and (top[0] < 0 or top[-1] >= flat.numel()): raise EsaError(f"selection[{name!r}] has positions outside [0, {flat.numel()}).")
+        edges = _quantile_edges(flat, s, n_bins)
+        tv = flat[top.to(flat.device)]
+        need = torch.bincount(torch.bucketize(tv.abs().to(edges.dtype), edges).cpu(), minlength=n_bins)
+        avail = torch.zeros(n_bins, dtype=torch.int64)
+        for i in range(0, flat.numel(), _SCAN):
+            c = _bins(flat[i:i + _SCAN], edges, s); avail += torch.bincount(c[c >= 0], minlength=n_bins)
+        tb = _bins(tv, edges, s); avail -= torch.bincount(tb[tb >= 0], minlength=n_bins)
+        draw, borrowed = _borrow_plan(need.tolist(), avail.tolist(), name)
+        picks = [_draw_bin(flat, edges, s, b, d, int(avail[b]), top, gen) for b, d in enumerate(draw) if d]
+        out[name] = torch.cat(picks).sort().values if picks else torch.empty(0, dtype=torch.int64)
+        per[name] = {"n_selected": int(top.numel()), "n_borrowed": borrowed, "edges": edges.tolist(), "top_bins": need.tolist(), "drawn_bins": draw}
+    record = {"n_bins": n_bins, "n_selected": sum(p["n_selected"] for p in per.values()),
+              "n_borrowed": sum(p["n_borrowed"] for p in per.values()), "per_tensor": per}
+    return Matched(out, record)

@@ -20,13 +20,11 @@ from .stats import as_float
 
 # %% auto #0
 __all__ = ['log', 'SUPER', 'RANDOM', 'BOTTOM', 'MATCHED', 'CONDITIONS', 'CONDITION_LABELS', 'CONDITION_COLORS', 'KIND_ORDER',
-           'WIDTH', 'log_histogram', 'value_histogram', 'layer_kind_summary', 'chart_rows', 'save_chart',
-           'sensitivity_distribution', 'group_stats', 'layer_comparison', 'sensitivity_heatmap', 'baseline_blocks',
-           'perturbation_effects', 'stability_analysis', 'weight_distribution', 'dose_response', 'agreement_matrix',
-           'save_agreement_plot', 'save_run_plots']
+           'WIDTH', 'chart_rows', 'save_chart', 'sensitivity_distribution', 'group_stats', 'layer_comparison',
+           'sensitivity_heatmap', 'baseline_blocks', 'perturbation_effects', 'stability_analysis',
+           'weight_distribution', 'dose_response', 'agreement_matrix', 'save_agreement_plot', 'save_run_plots']
 
-# %% ../nbs/14_plots.ipynb #6c332852
-_CHUNK = 1 << 24  # elements per chunk when streaming a tensor (128 MB as float64)
+# %% ../nbs/14_plots.ipynb #329cc17a
 log = logging.getLogger("esa_nb")
 
 # Charts render offline: Altair's default renderer loads vega-embed from a CDN, so without a network a notebook shows nothing.
@@ -34,123 +32,7 @@ log = logging.getLogger("esa_nb")
 # Online, `alt.renderers.enable("default")` (or "jupyter") gives interactive charts again; a renderer the user chose is kept.
 if alt.renderers.active == "default": alt.renderers.enable("svg")
 
-def _chunks(t:torch.Tensor): # a tensor of any shape, dtype and device
-    "Flat fp32 chunks of `t` (views where possible)."
-    x = t.detach().reshape(-1)
-    for s in range(0, x.numel(), _CHUNK): yield x[s:s + _CHUNK].float()
 
-def _check_bins(bins)->int:
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
-        raise EsaError(f"bins must be a positive integer (the number of histogram bins), got {bins!r}.")
-    return int(bins)
-
-def _check_tensors(d:dict, what:str)->None:
-    if not isinstance(d, dict) or not d:
-        raise EsaError(f"{what} needs a non-empty dict mapping parameter names to tensors; got {type(d).__name__}.")
-    for n, t in d.items():
-        if not isinstance(t, torch.Tensor) or t.is_complex():
-            raise EsaError(f"{what}: the entry {n!r} is a {type(t).__name__}{' (complex)' if isinstance(t, torch.Tensor) else ''}, not a real-valued torch.Tensor.")
-
-def log_histogram(scores:dict[str, torch.Tensor], # parameter name -> score tensor (native shape, any device); pass |s| for signed scores
-                  bins:int=80, # number of equal-width bins in log10(score)
-                 )->dict:
-    "Histogram of log10(score) over all positive scores, streamed tensor by tensor on common edges; zeros and negatives counted apart."
-    _check_tensors(scores, "log_histogram"); bins = _check_bins(bins)
-    n = n_zero = n_neg = n_nonfinite = 0; mn, mx = math.inf, -math.inf
-    for t in scores.values():  # pass 1: counts and the positive range
-        for c in _chunks(t):
-            n += c.numel(); fin = torch.isfinite(c)
-            if not bool(fin.all()): n_nonfinite += int((~fin).sum()); c = c[fin]
-            n_zero += int((c == 0).sum()); n_neg += int((c < 0).sum())
-            p = c[c > 0]
-            if p.numel(): mn = min(mn, float(p.min())); mx = max(mx, float(p.max()))
-    if n_nonfinite:
-        raise EsaError(f"log_histogram got {n_nonfinite} NaN or infinite scores; scores must be finite (see esa_nb.topk.check_scores).")
-    out = {"log10_edges": [], "counts": [], "n_zero": n_zero, "n_negative": n_neg, "n": n, "n_positive": n - n_zero - n_neg,
-           "min_positive": mn if mx > 0 else None, "max": mx if mx > 0 else None}
-    if not mx > 0: return out
-    lo, hi = math.log10(mn), math.log10(mx)
-    if hi - lo < 1e-9: lo, hi = lo - 0.5, hi + 0.5  # one distinct value: a one-decade window around it
-    counts = torch.zeros(bins, dtype=torch.float64)
-    for t in scores.values():  # pass 2: counts on the common edges
-        for c in _chunks(t):
-            p = c[c > 0]
-            if p.numel(): counts += torch.histc(p.double().log10_().clamp_(lo, hi), bins, lo, hi).cpu()
-    out["log10_edges"] = np.linspace(lo, hi, bins + 1).tolist(); out["counts"] = [int(v) for v in counts.tolist()]
-    return out
-
-# %% ../nbs/14_plots.ipynb #fd7433ba
-def value_histogram(tensors:dict[str, torch.Tensor], # parameter name -> tensor of values (e.g. the selected weights)
-                    bins:int=100, # number of bins
-                    lo:float|None=None, # left edge (default: the smallest value)
-                    hi:float|None=None, # right edge (default: the largest value)
-                    spacing:str="auto", # 'linear' (equal width), 'asinh' (equal width in asinh(x/linthresh)) or 'auto'
-                    linthresh:float|None=None, # the linear half-width c of asinh bins (default: root mean square of the values)
-                   )->dict:
-    "Histogram of raw values over all tensors, streamed on common edges over [lo, hi] (default: the global range)."
-    _check_tensors(tensors, "value_histogram"); bins = _check_bins(bins)
-    if spacing not in ("auto", "linear", "asinh"): raise EsaError(f"spacing must be 'auto', 'linear' or 'asinh', got {spacing!r}.")
-    n = n_nonfinite = n_fin = 0; mn, mx, ss = math.inf, -math.inf, 0.0
-    if lo is None or hi is None or (spacing != "linear" and linthresh is None):  # pass 1: range and root mean square
-        for t in tensors.values():
-            for c in _chunks(t):
-                fin = torch.isfinite(c)
-                if not bool(fin.all()): c = c[fin]
-                if c.numel(): mn = min(mn, float(c.min())); mx = max(mx, float(c.max())); ss += float(c.double().square().sum()); n_fin += c.numel()
-    lo = mn if lo is None else float(lo); hi = mx if hi is None else float(hi)
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        N = sum(t.numel() for t in tensors.values())
-        return {"edges": [], "counts": [], "n": N, "n_below": 0, "n_above": 0, "n_nonfinite": N, "spacing": "linear", "linthresh": None}
-    if hi < lo: raise EsaError(f"value_histogram needs lo <= hi, got lo={lo} and hi={hi}.")
-    if hi == lo: lo, hi = lo - 0.5, hi + 0.5
-    c0 = float(linthresh) if linthresh is not None else (math.sqrt(ss / n_fin) if n_fin else 0.0)
-    if linthresh is not None and not c0 > 0: raise EsaError(f"linthresh must be positive, got {linthresh!r}.")
-    if spacing == "auto": spacing = "asinh" if c0 > 0 and max(abs(lo), abs(hi)) > 10 * c0 else "linear"
-    if spacing == "asinh" and not c0 > 0: spacing = "linear"  # all values zero: nothing to stretch
-    if spacing == "asinh":
-        f = lambda x: torch.asinh(x / c0)
-        ulo, uhi = math.asinh(lo / c0), math.asinh(hi / c0)
-        edges = (c0 * np.sinh(np.linspace(ulo, uhi, bins + 1))).tolist(); edges[0], edges[-1] = lo, hi
-    else:
-        f = lambda x: x; ulo, uhi = lo, hi; edges = np.linspace(lo, hi, bins + 1).tolist()
-    counts = torch.zeros(bins, dtype=torch.float64); below = above = 0
-    for t in tensors.values():  # pass 2: counts on the common edges
-        for c in _chunks(t):
-            n += c.numel(); fin = torch.isfinite(c)
-            if not bool(fin.all()): n_nonfinite += int((~fin).sum()); c = c[fin]
-            c = c.double(); below += int((c < lo).sum()); above += int((c > hi).sum())
-            c = c[(c >= lo) & (c <= hi)]
-            if c.numel(): counts += torch.histc(f(c).clamp_(ulo, uhi), bins, ulo, uhi).cpu()
-    return {"edges": edges, "counts": [int(v) for v in counts.tolist()], "n": n, "n_below": below, "n_above": above,
-            "n_nonfinite": n_nonfinite, "spacing": spacing, "linthresh": c0 if spacing == "asinh" else None}
-
-# %% ../nbs/14_plots.ipynb #46b0d584
-def _order_layer(v): return (v is None, v if v is not None else 0)
-
-def layer_kind_summary(scores:dict[str, torch.Tensor], # parameter name -> score tensor (native shape, any device)
-                       layer_of:dict[str, int|None], # parameter name -> block index (None outside the blocks)
-                       kind_of:dict[str, str], # parameter name -> module kind (q, k, v, o, gate, up, down, ...)
-                       topk_counts:dict[str, int]|None=None, # parameter name -> number of top-k entries in it (missing: 0)
-                      )->list[dict]:
-    "Rows {layer, kind, n, sum, mean, max, topk_count}, aggregated over the tensors that share (layer, kind)."
-    _check_tensors(scores, "layer_kind_summary"); topk_counts = topk_counts or {}
-    for what, m in (("layer_of", layer_of), ("kind_of", kind_of)):
-        missing = [k for k in scores if k not in m]
-        if missing: raise EsaError(f"{what} has no entry for {len(missing)} of the {len(scores)} score tensors (first: {missing[0]!r}).")
-    unknown = [k for k in topk_counts if k not in scores]
-    if unknown: raise EsaError(f"topk_counts names {len(unknown)} tensor(s) that have no scores (first: {unknown[0]!r}).")
-    groups: dict = {}
-    for name, t in scores.items():
-        g = groups.setdefault((layer_of[name], kind_of[name]), {"n": 0, "sum": 0.0, "max": -math.inf, "topk_count": 0})
-        for c in _chunks(t):
-            if c.numel(): g["n"] += c.numel(); g["sum"] += float(c.double().sum()); g["max"] = max(g["max"], float(c.max()))
-        g["topk_count"] += int(topk_counts.get(name, 0))
-    rows = []
-    for (layer, kind) in sorted(groups, key=lambda k: (_order_layer(k[0]), str(k[1]))):
-        g = groups[(layer, kind)]
-        rows.append({"layer": layer, "kind": kind, "n": g["n"], "sum": g["sum"], "mean": g["sum"] / g["n"] if g["n"] else math.nan,
-                     "max": g["max"] if g["n"] else math.nan, "topk_count": g["topk_count"]})
-    return rows
 
 # %% ../nbs/14_plots.ipynb #1ad69e02
 SUPER, RANDOM, BOTTOM, MATCHED = "super_weights", "random_k", "bottom_k", "matched_k"

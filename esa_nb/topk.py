@@ -191,7 +191,7 @@ def topk_sweep(scores:dict[str, torch.Tensor], # parameter name -> score tensor
     ks = _check_ks(ks)
     return _prefixes(select_topk(scores, max(ks), mode, largest), ks, max(ks), mode)
 
-# %% ../nbs/07_topk.ipynb #7d5d9599
+# %% ../nbs/07_topk.ipynb #187cf302
 _GOLDEN, _MIX1, _MIX2 = (u - (1 << 64) for u in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))  # SplitMix64 constants as int64
 
 def _shr(z:torch.Tensor, # int64 values, read as unsigned 64-bit words
@@ -215,7 +215,7 @@ def tie_keys(name:str, # tensor name
     h = int.from_bytes(hashlib.blake2b(f"{int(seed)}/{name}".encode(), digest_size=8).digest(), "little", signed=True)
     return _mix64(flat.detach().reshape(-1).to("cpu", torch.int64) * _GOLDEN + h)
 
-# %% ../nbs/07_topk.ipynb #816ddf21
+# %% ../nbs/07_topk.ipynb #153507df
 def _seeded_ties(x:torch.Tensor, # flat scores (eligibility already applied)
                  v:torch.Tensor, # the tied value
                  need:int, # how many of the ties to keep
@@ -259,7 +259,7 @@ def _tensor_select_seeded(x:torch.Tensor, # flat (1-D) fp32 scores, on any devic
     o = torch.sort(val, descending=largest, stable=True).indices
     return val[o], keys[o], idx[o]
 
-# %% ../nbs/07_topk.ipynb #aa4a7848
+# %% ../nbs/07_topk.ipynb #b14676c7
 def _check_seed(seed)->int:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise EsaError(f"the tie-break seed must be an integer, got {seed!r}.")
@@ -315,7 +315,7 @@ def select_seeded(scores:dict[str, torch.Tensor], # parameter name -> score tens
         raise EsaError(f"k={k} is larger than the number of eligible entries ({len(run[0])} in {len(names)} tensors). Use a smaller k.")
     return TopK([names[j] for j in run[2].tolist()], run[3], run[0])
 
-# %% ../nbs/07_topk.ipynb #2fa9775d
+# %% ../nbs/07_topk.ipynb #b70d738a
 def seeded_sweep(scores:dict[str, torch.Tensor], # parameter name -> score tensor
                  ks:list[int], # the k values to select
                  mode:str="global", # 'global' or 'per_layer'

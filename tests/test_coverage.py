@@ -7,7 +7,7 @@ import pytest
 
 from esa_nb.stats import paired_delta, pool_condition
 
-N_SETS, N_BLOCKS, N_BOOT = 1000, 16, 999 # simulated evaluation sets per case, blocks per set, bootstrap draws
+N_SETS, N_BLOCKS, N_BOOT = 1000, 16, 999  # simulated evaluation sets per case, blocks per set, bootstrap draws
 
 
 def _effects(kind:str, r:np.random.Generator, n:int)->tuple[np.ndarray, float]:
