@@ -74,6 +74,7 @@ def dataset_documents(name:str, # Hugging Face dataset id, e.g. 'wikitext'
     if eval_split == calib_split: raise EsaError("--eval-split must differ from the calibration split, so the two never overlap.")
     return cal, join(_hf_split(name, config, eval_split))
 
+# %% ../nbs/02_data.ipynb #82fb549a
 def _load_files(files):
     import datasets
     files = [str(f) for f in files]

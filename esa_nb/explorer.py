@@ -15,6 +15,7 @@ from .core import EsaError, read_json
 from .rundir import Run, topk_at, find_runs, run_labels, run_charts, overlap_matrix, candidates_table, scan_table
 from .stats import as_float
 import esa_nb.plots  # sets the offline chart renderer
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['ALL', 'VIEWS', 'runs_summary', 'Explorer']
@@ -58,6 +59,7 @@ def runs_summary(runs:list # `Run`s
                      "verdict": (pr.get("verdict") or "").split(":")[0]})
     return pd.DataFrame(rows).set_index("run")
 
+# %% ../nbs/19_explorer.ipynb #5dbddaff
 class Explorer:
     "Browse esa-runner runs: dropdowns for run, metric and tensor, a k slider, and views for charts, top weights, candidates and comparison."
     def __init__(self, dir_or_dirs:str|Path|list, # run directories, or folders holding runs
@@ -116,74 +118,81 @@ class Explorer:
         finally: self._busy = False
         self.update()
 
-    def update(self, *_ # a traitlets change (ignored): the state is read from the widgets
-              ):
-        "Recompute the state for the current selection and redraw the output."
-        if self._busy: return
-        r, k, view = self.run, self.w_k.value, self.w_view.value
-        tensor = None if self.w_tensor.value == ALL else self.w_tensor.value
-        self.k, self.tensor, self.view = k, tensor, view
-        self.table = r.topk(k, tensor)
-        sw = r.superweights or {}
-        self.candidates, self.scan = candidates_table(sw), scan_table(sw)
-        if r.label not in self._chart_cache: self._chart_cache[r.label] = run_charts(r.path)
-        self.charts = self._chart_cache[r.label]
-        runs = list(self.runs.values())
-        self.overlap = overlap_matrix(runs, k)
-        self.summary = runs_summary(runs)
-        short = [x.label for x in runs if x.max_k < k]
-        self.note = (f"k = {k} exceeds what {', '.join(short)} hold{'s' if len(short) == 1 else ''}; their full top-k is used. "
-                     if short and len(runs) > 1 else "")
-        self.chart = self._view_chart()
-        self.w_status.value = (f"<b>{r.label}</b>: {r.metric}, {r.mode}, model {Path(str(r.model)).name}; "
-                               f"k = {k} (run's k = {r.k}); {len(self.table)} top weights shown"
-                               + (f" in {tensor}" if tensor else "") + (f". {self.note}" if self.note else ""))
-        self.render()
+# %% ../nbs/19_explorer.ipynb #473c6c19
+@patch
+def update(self:Explorer, *_ # a traitlets change (ignored): the state is read from the widgets
+          ):
+    "Recompute the state for the current selection and redraw the output."
+    if self._busy: return
+    r, k, view = self.run, self.w_k.value, self.w_view.value
+    tensor = None if self.w_tensor.value == ALL else self.w_tensor.value
+    self.k, self.tensor, self.view = k, tensor, view
+    self.table = r.topk(k, tensor)
+    sw = r.superweights or {}
+    self.candidates, self.scan = candidates_table(sw), scan_table(sw)
+    if r.label not in self._chart_cache: self._chart_cache[r.label] = run_charts(r.path)
+    self.charts = self._chart_cache[r.label]
+    runs = list(self.runs.values())
+    self.overlap = overlap_matrix(runs, k)
+    self.summary = runs_summary(runs)
+    short = [x.label for x in runs if x.max_k < k]
+    self.note = (f"k = {k} exceeds what {', '.join(short)} hold{'s' if len(short) == 1 else ''}; their full top-k is used. "
+                 if short and len(runs) > 1 else "")
+    self.chart = self._view_chart()
+    self.w_status.value = (f"<b>{r.label}</b>: {r.metric}, {r.mode}, model {Path(str(r.model)).name}; "
+                           f"k = {k} (run's k = {r.k}); {len(self.table)} top weights shown"
+                           + (f" in {tensor}" if tensor else "") + (f". {self.note}" if self.note else ""))
+    self.render()
 
-    def _view_chart(self):
-        "The chart of the current view (None where the view has no chart)."
-        import altair as alt
-        if self.view == "charts":
-            return alt.vconcat(*self.charts.values()).resolve_scale(color="independent") if self.charts else None
-        if self.view == "top weights": return _tensor_chart(self.table, self.tensor, self.k)
-        if self.view == "run comparison" and len(self.runs) > 1:
-            from esa_nb.plots import agreement_matrix
-            lab = list(self.overlap.index)
-            return agreement_matrix({"runs": lab, "jaccard": self.overlap.values.tolist()})
-        return None
+@patch
+def _view_chart(self:Explorer):
+    "The chart of the current view (None where the view has no chart)."
+    import altair as alt
+    if self.view == "charts":
+        return alt.vconcat(*self.charts.values()).resolve_scale(color="independent") if self.charts else None
+    if self.view == "top weights": return _tensor_chart(self.table, self.tensor, self.k)
+    if self.view == "run comparison" and len(self.runs) > 1:
+        from esa_nb.plots import agreement_matrix
+        lab = list(self.overlap.index)
+        return agreement_matrix({"runs": lab, "jaccard": self.overlap.values.tolist()})
+    return None
 
-    def _items(self)->list:
-        "What the current view displays, in order."
-        from IPython.display import Markdown
-        v, r = self.view, self.run
-        if v == "charts":
-            if not self.charts: return [Markdown("This run's files hold nothing to chart.")]
-            return list(self.charts.values())
-        if v == "top weights":
-            t = self.table
-            cap = Markdown(f"{len(t)} of the top-{self.k} weights" + (f" in `{self.tensor}`" if self.tensor else "")
-                           + (f"; the first {self.max_rows} are listed." if len(t) > self.max_rows else "."))
-            return [x for x in (self.chart, cap, t.head(self.max_rows)) if x is not None]
-        if v == "super-weight candidates":
-            sw = r.superweights
-            if sw is None: return [Markdown("This run has no `superweight_candidates.json`.")]
-            head = (Markdown(f"**{len(self.candidates)} candidate(s)** from the activation scan (threshold {sw.get('threshold')})."
-                             " Each is W[row, col] of an MLP down-projection whose input and output spikes both pass the threshold; "
-                             "`rank` is its rank under the run's metric (1 = most sensitive).")
-                    if len(self.candidates) else
-                    Markdown(f"**No candidate**: no MLP down-projection's activations passed the threshold ({sw.get('threshold')}). "
-                             "The largest activations per layer are below."))
-            return [head] + ([self.candidates] if len(self.candidates) else []) + [self.scan]
-        items = [self.summary]
-        if len(self.runs) < 2: return items + [Markdown("Open two or more runs to compare their top-k sets.")]
-        items += [Markdown(f"Jaccard overlap of the top-{self.k} sets. {self.note}"), self.overlap.round(3)]
-        return items + ([self.chart] if self.chart is not None else [])
+# %% ../nbs/19_explorer.ipynb #da7c429a
+@patch
+def _items(self:Explorer)->list:
+    "What the current view displays, in order."
+    from IPython.display import Markdown
+    v, r = self.view, self.run
+    if v == "charts":
+        if not self.charts: return [Markdown("This run's files hold nothing to chart.")]
+        return list(self.charts.values())
+    if v == "top weights":
+        t = self.table
+        cap = Markdown(f"{len(t)} of the top-{self.k} weights" + (f" in `{self.tensor}`" if self.tensor else "")
+                       + (f"; the first {self.max_rows} are listed." if len(t) > self.max_rows else "."))
+        return [x for x in (self.chart, cap, t.head(self.max_rows)) if x is not None]
+    if v == "super-weight candidates":
+        sw = r.superweights
+        if sw is None: return [Markdown("This run has no `superweight_candidates.json`.")]
+        head = (Markdown(f"**{len(self.candidates)} candidate(s)** from the activation scan (threshold {sw.get('threshold')})."
+                         " Each is W[row, col] of an MLP down-projection whose input and output spikes both pass the threshold; "
+                         "`rank` is its rank under the run's metric (1 = most sensitive).")
+                if len(self.candidates) else
+                Markdown(f"**No candidate**: no MLP down-projection's activations passed the threshold ({sw.get('threshold')}). "
+                         "The largest activations per layer are below."))
+        return [head] + ([self.candidates] if len(self.candidates) else []) + [self.scan]
+    items = [self.summary]
+    if len(self.runs) < 2: return items + [Markdown("Open two or more runs to compare their top-k sets.")]
+    items += [Markdown(f"Jaccard overlap of the top-{self.k} sets. {self.note}"), self.overlap.round(3)]
+    return items + ([self.chart] if self.chart is not None else [])
 
-    def render(self):
-        "Fill the output area with the current view."
-        self.out.outputs = ()
-        for x in self._items(): self.out.append_display_data(x)
+@patch
+def render(self:Explorer):
+    "Fill the output area with the current view."
+    self.out.outputs = ()
+    for x in self._items(): self.out.append_display_data(x)
 
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
+@patch
+def _ipython_display_(self:Explorer):
+    from IPython.display import display
+    display(self.widget)

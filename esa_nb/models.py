@@ -131,23 +131,10 @@ def _hub_error(name, err):
         f"to use an already cached copy, or use a local alternative: a directory written by save_pretrained, a .gguf file, "
         f"or the embedded default {DEFAULT_MODEL!r}.")
 
-def load_model(name_or_path:str=DEFAULT_MODEL, # 'smollm2-135m', a hub id, a save_pretrained dir, or a .gguf file
-               dtype:str="auto", # auto, fp32, bf16 or fp16
-               device:str="auto", # auto, cpu, cuda, cuda:N or mps
-               trust_remote_code:bool=False, # allow a hub repo's own modelling code (off unless asked)
-               attn_implementation:str|None=None, # e.g. 'eager' or 'sdpa'; None keeps the model's default
-               device_map:str|dict|None=None, # accelerate device map ('auto', 'balanced', or a dict) for models larger than one device
-               progress:bool=True, # show transformers' loading progress bars
-              ):
-    "Load a causal LM and its tokenizer, in eval mode with gradients off; provenance in `model.esa_info`."
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-    _quiet_transformers()
-    (hf_logging.enable_progress_bar if progress else hf_logging.disable_progress_bar)()
-    dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
-    info = {"requested": name_or_path}
-    src = name_or_path
+def _resolve_source(name_or_path:str # 'smollm2-135m', a hub id, a save_pretrained dir, or a .gguf file
+                   )->tuple:
+    "(what transformers loads, provenance): an embedded or GGUF model is converted (cached) first."
+    info, src = {"requested": name_or_path}, name_or_path
     if src.lower() in EMBEDDED:
         gguf = embedded_gguf_path(src.lower())
         src, digest = convert_gguf(gguf)
@@ -166,6 +153,38 @@ def load_model(name_or_path:str=DEFAULT_MODEL, # 'smollm2-135m', a hub id, a sav
                            f"Pass a hub id such as gpt2, a model directory, a .gguf file, or {DEFAULT_MODEL!r}.")
     else:
         info.update(kind="hub", hub_id=name_or_path)
+    return src, info
+
+def _device_map_info(model, # a model loaded with a device map
+                    )->dict:
+    "Where accelerate put the model; warns about offloaded (meta) parameters, which cannot be scored or perturbed."
+    info = {}
+    hdm = getattr(model, "hf_device_map", None)  # set by accelerate when it dispatched over several devices
+    info["hf_device_map"] = {k: str(v) for k, v in hdm.items()} if hdm else None
+    info["param_devices"] = sorted({str(p.device) for p in model.parameters()})
+    off = sum(p.numel() for p in model.parameters() if p.device.type == "meta")
+    info["offloaded_params"] = off
+    if off: get_logger().warning(f"--device-map offloaded {off/1e6:.1f}M parameters (CPU/disk offload): they can be evaluated "
+                                 "but not scored or perturbed; give the model more device memory for a full analysis.")
+    return info
+
+# %% ../nbs/01_models.ipynb #4bf26bbc
+def load_model(name_or_path:str=DEFAULT_MODEL, # 'smollm2-135m', a hub id, a save_pretrained dir, or a .gguf file
+               dtype:str="auto", # auto, fp32, bf16 or fp16
+               device:str="auto", # auto, cpu, cuda, cuda:N or mps
+               trust_remote_code:bool=False, # allow a hub repo's own modelling code (off unless asked)
+               attn_implementation:str|None=None, # e.g. 'eager' or 'sdpa'; None keeps the model's default
+               device_map:str|dict|None=None, # accelerate device map ('auto', 'balanced', or a dict) for models larger than one device
+               progress:bool=True, # show transformers' loading progress bars
+              ):
+    "Load a causal LM and its tokenizer, in eval mode with gradients off; provenance in `model.esa_info`."
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    _quiet_transformers()
+    (hf_logging.enable_progress_bar if progress else hf_logging.disable_progress_bar)()
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    src, info = _resolve_source(name_or_path)
     device_map = parse_device_map(device_map)
     kw = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
     # offline, look only in the local HF cache instead of retrying the network for a minute
@@ -187,14 +206,7 @@ def load_model(name_or_path:str=DEFAULT_MODEL, # 'smollm2-135m', a hub id, a sav
     info.update(dtype=str(torch_dtype).replace("torch.", ""), device=str(dev), device_map=device_map,
                 n_params=sum(p.numel() for p in model.parameters()), architecture=type(model).__name__,
                 attn_implementation=getattr(model.config, "_attn_implementation", None))
-    if device_map is not None:
-        hdm = getattr(model, "hf_device_map", None)  # set by accelerate when it dispatched over several devices
-        info["hf_device_map"] = {k: str(v) for k, v in hdm.items()} if hdm else None
-        info["param_devices"] = sorted({str(p.device) for p in model.parameters()})
-        off = sum(p.numel() for p in model.parameters() if p.device.type == "meta")
-        info["offloaded_params"] = off
-        if off: get_logger().warning(f"--device-map offloaded {off/1e6:.1f}M parameters (CPU/disk offload): they can be evaluated "
-                                     "but not scored or perturbed; give the model more device memory for a full analysis.")
+    if device_map is not None: info.update(_device_map_info(model))
     model.esa_info = info
     return model, tok
 

@@ -240,6 +240,7 @@ def _new_values(method:str, # 'zero', 'sign_flip' or 'gauss_noise'
     eps = z * scale * (w_c.abs() if noise == "relative" else 1.0)
     return torch.where(eps == 0, w, (w_c + eps).to(w.dtype))
 
+# %% ../nbs/09_perturb.ipynb #58ccfa80
 def _flip_bits(name:str, # the tensor, for the record
                idx:torch.Tensor, # its selected flat indices
                old_bits:torch.Tensor, # their original bit patterns
@@ -262,6 +263,7 @@ def _flip_bits(name:str, # the tensor, for the record
     flips["old_bits"] += _unsigned(old_bits[c].tolist(), lay.width); flips["new_bits"] += _unsigned(new_bits[c].tolist(), lay.width)
     return new_bits, nf
 
+# %% ../nbs/09_perturb.ipynb #57805066
 def apply_perturbation(params:Mapping[str, torch.Tensor]|torch.nn.Module, # name -> parameter (or a model), changed in place
                        selection:Mapping[str, torch.Tensor], # name -> 1-D flat indices into `param.view(-1)`
                        method:str|None=None, # 'zero', 'sign_flip', 'gauss_noise' or 'bit_flip' (or give `settings`)
@@ -317,6 +319,7 @@ def apply_perturbation(params:Mapping[str, torch.Tensor]|torch.nn.Module, # name
         raise
     return state
 
+# %% ../nbs/09_perturb.ipynb #0dec25c9
 def restore(state:Perturbation # what `apply_perturbation` returned
            )->None:
     "Write the saved original bits back, then verify every touched tensor with its checksum (`RuntimeError` if not bit-identical)."
@@ -423,6 +426,7 @@ def _sample_permute(n:int, # positions 0..n-1
     pool = ok.nonzero().squeeze(1)
     return pool[torch.randperm(pool.numel(), generator=gen)[:k]]
 
+# %% ../nbs/09_perturb.ipynb #70da92fc
 def _changeable_keep(name:str, # tensor name, for the error message
                      t, # the tensor's weights (a shape is refused)
                      s:PerturbSettings, # the perturbation

@@ -438,6 +438,23 @@ def weight_distribution(weight_histogram:dict, # `value_histogram` of all analys
 _DOSE_COLS = ("k", "condition", "seed", "delta_nll", "ci_low", "ci_high")
 _POOLED = ("pooled", "all", "mean")
 
+def _dose_lines(df:pd.DataFrame, # the dose-response rows (label, k, seed, measure, ci_low, ci_high)
+                measure:str, # the measure column
+                is_pooled:pd.Series, # which rows are the pooled estimate
+               )->pd.DataFrame:
+    "One point per (condition, k): the pooled estimate with its CI, else the mean of the seeds (inf if any seed broke)."
+    line = []
+    for (lab, k), g in df.groupby(["label", "k"], sort=True):
+        gp, gs = g[is_pooled[g.index]], g[~is_pooled[g.index]]
+        if len(gp):  # the run's pooled estimate over seeds, with its own CI
+            r = gp.iloc[0]; line.append({"label": lab, "k": k, "value": r[measure], "lo": r.ci_low, "hi": r.ci_high, "n_seeds": len(gs), "how": "pooled"})
+            continue
+        v = gs[measure].to_numpy(float)
+        m = math.inf if np.isposinf(v).any() else (float(np.nanmean(v)) if np.isfinite(v).any() else math.nan)
+        line.append({"label": lab, "k": k, "value": m, "lo": float(gs.ci_low.min()), "hi": float(gs.ci_high.max()), "n_seeds": len(gs),
+                     "how": "mean of seeds" if len(gs) > 1 else "single seed"})
+    return pd.DataFrame(line)
+
 def dose_response(data:pd.DataFrame|str|Path, # dose_response.csv (or its DataFrame): k, condition, seed, delta_nll, ci_low, ci_high, delta_ppl
                   measure:str="delta_nll", # 'delta_nll' (with the CI columns) or 'delta_ppl' (no band)
                   width:int=WIDTH, # panel width in pixels
@@ -454,17 +471,7 @@ def dose_response(data:pd.DataFrame|str|Path, # dose_response.csv (or its DataFr
     df["seed"] = df.seed.astype(str); df["label"] = df.condition.map(CONDITION_LABELS)
     if measure != "delta_nll": df["ci_low"] = df["ci_high"] = np.nan
     is_pooled = df.seed.str.lower().isin(_POOLED)
-    line = []
-    for (lab, k), g in df.groupby(["label", "k"], sort=True):
-        gp, gs = g[is_pooled[g.index]], g[~is_pooled[g.index]]
-        if len(gp):  # the run's pooled estimate over seeds, with its own CI
-            r = gp.iloc[0]; line.append({"label": lab, "k": k, "value": r[measure], "lo": r.ci_low, "hi": r.ci_high, "n_seeds": len(gs), "how": "pooled"})
-            continue
-        v = gs[measure].to_numpy(float)
-        m = math.inf if np.isposinf(v).any() else (float(np.nanmean(v)) if np.isfinite(v).any() else math.nan)
-        line.append({"label": lab, "k": k, "value": m, "lo": float(gs.ci_low.min()), "hi": float(gs.ci_high.max()), "n_seeds": len(gs),
-                     "how": "mean of seeds" if len(gs) > 1 else "single seed"})
-    A = pd.DataFrame(line); P = df[~is_pooled].rename(columns={measure: "value"})[["label", "k", "seed", "value"]].copy()
+    A = _dose_lines(df, measure, is_pooled); P = df[~is_pooled].rename(columns={measure: "value"})[["label", "k", "seed", "value"]].copy()
     P["lo"] = P["hi"] = np.nan
     allv = A[["value", "lo", "hi"]].to_numpy().ravel().tolist() + P.value.tolist()
     cap = _cap(allv); A = _display(A, cap); P = _display(P, cap)

@@ -241,6 +241,7 @@ def default_report_dir(name:str, # runbook name
         return Path("outputs")/"reports"/model_slug(str(parameters.get("model", _default(spec["model"]))))/name
     return Path("outputs")/"reports"/name
 
+# %% ../nbs/18_report.ipynb #42d4d567
 def run_report(runbook:str|Path, # runbook name ('phase2_profiling') or path of a notebook with a parameters cell
                out_dir:str|Path|None=None, # report directory (default outputs/reports/<model-slug>/<runbook>)
                parameters:dict|None=None, # parameter name -> value (strings are converted to the parameter's type)

@@ -204,6 +204,7 @@ def candidates_table(sw:dict # superweight_candidates.json
     if df.empty: return pd.DataFrame(columns=_CAND_COLS)
     return df[[c for c in _CAND_COLS if c in df] + [c for c in df if c not in _CAND_COLS]]
 
+# %% ../nbs/13_rundir.ipynb #4155f249
 def scan_table(sw:dict # superweight_candidates.json
               )->pd.DataFrame:
     "Per MLP down-projection: the largest input and output activations and their channels."

@@ -290,6 +290,64 @@ def _check_map(mapping:dict|None, names:list[str], what:str)->None:
         raise EsaError(f"{what} has no entry for {len(missing)} of the {len(names)} score tensors (first: {missing[0]!r}); "
                        f"every scored tensor needs a {what.split('_')[0]} so that aggregates add up to the overall totals.")
 
+def _score_pass1(scores:dict, names:list, draws:list, gen, hill_frac, hill_m_min, hill_m_max, exact_gini:bool):
+    "Pass 1, tensor by tensor: moments and per-tensor statistics, coarse radix counts of x and |x|, the Gini subsample."
+    RX, RA = _RadixSelect(), _RadixSelect()  # order statistics of x, and of |x|
+    per_tensor, moments, sample = {}, {}, []
+    for n, d in zip(names, draws):
+        x = _work(scores[n]); mom = Moments()
+        for s in range(0, x.numel(), _CHUNK): mom = mom.merge(Moments._of_chunk(x[s:s + _CHUNK].double()))
+        moments[n] = mom
+        sx = _sorted_canonical(x); sa = sx if mom.min >= 0 else _sorted_canonical(x.abs())
+        RX.add(sx); RA.add(sa)
+        st = mom.as_dict(); st.update(_quantiles_sorted(sx))
+        st["max_over_median"] = _max_over_median(st["max"], st["q0.5"])
+        st.update(_tail_stats_sorted(sa, hill_frac, hill_m_min, hill_m_max))
+        per_tensor[n] = st; del sx, sa
+        if exact_gini: sample.append(x.abs().cpu())
+        elif d: sample.append(x[torch.randint(x.numel(), (d,), generator=gen).to(x.device)].abs().cpu())
+    return per_tensor, moments, sample, RX, RA
+
+# %% ../nbs/08_stats.ipynb #7f313181
+def _score_overall(scores:dict, names:list, moments:dict, sample:list, RX, RA, N:int, m:int)->dict:
+    "Pass 2: refine the radix bins holding the overall target ranks; the overall statistics."
+    q_ranks = {q: (int(math.floor((N - 1) * q)), (N - 1) * q - math.floor((N - 1) * q)) for q in QUANTILES}
+    share_c = {k: _top_count(N, inv) for k, inv in TOP_SHARES.items()}
+    RX.plan([r for j, _ in q_ranks.values() for r in (j, min(j + 1, N - 1))])
+    RA.plan([N - m - 1] if m else [], [N - c for c in share_c.values()] + ([N - m] if m else []))
+    for n in names:
+        x = _work(scores[n]); sx = _sorted_canonical(x)
+        RX.refine(sx); RA.refine(sx if moments[n].min >= 0 else _sorted_canonical(x.abs())); del sx
+    total = Moments()
+    for mom in moments.values(): total = total.merge(mom)
+    ov = total.as_dict()
+    for q, (j, f) in q_ranks.items(): ov[f"q{q}"] = _lerp(RX.value_at(j), RX.value_at(min(j + 1, N - 1)), f)
+    ov["max_over_median"] = _max_over_median(ov["max"], ov["q0.5"])
+    smp = torch.cat(sample) if sample else torch.empty(0)
+    ov["gini"] = _gini_sorted(_sorted(smp)) if smp.numel() else math.nan
+    for k, c in share_c.items():
+        cnt, s, _ = RA.above(N - c); t = RA.value_at(N - c)
+        ov[k] = (s + (c - cnt) * t) / total.abs_sum if total.abs_sum > 0 else math.nan
+    if m:
+        cnt, _, lg = RA.above(N - m); t = RA.value_at(N - m)
+        ov["hill_alpha"] = _hill_from(m, lg + (m - cnt) * (math.log(t) if t > 0 else -math.inf), RA.value_at(N - m - 1))
+    else: ov["hill_alpha"] = math.nan
+    ov["hill_m"] = m
+    return ov
+
+def _score_methods(exact_gini:bool, n_sample:int, N:int, seed:int)->dict:
+    "How each overall statistic was computed."
+    exact = "exact (float64 accumulation; streamed moments merged with Chan et al. 1979 / Pébay 2008)"
+    radix = "exact (two-pass radix selection over fp32 bit patterns)"
+    method = {f: exact for f in _EXACT_ALWAYS}
+    method.update({f"q{q}": radix for q in QUANTILES}); method["max_over_median"] = radix
+    method.update({k: radix for k in TOP_SHARES}); method["hill_alpha"] = radix
+    method["gini"] = ("exact (all entries)" if exact_gini else
+                      f"estimated from a uniform random subsample of {n_sample} of the {N} entries "
+                      f"(proportional per tensor, with replacement, seed {seed})")
+    return method
+
+# %% ../nbs/08_stats.ipynb #6b2694ae
 def score_stats(scores:dict[str, torch.Tensor], # parameter name -> score tensor (native shape, any device)
                 layer_of:dict[str, int|None]|None=None, # parameter name -> block index (None: outside the blocks); None skips per_layer
                 kind_of:dict[str, str]|None=None, # parameter name -> kind such as 'q_proj'; None skips per_kind
@@ -311,53 +369,9 @@ def score_stats(scores:dict[str, torch.Tensor], # parameter name -> score tensor
     exact_gini = sample_size >= N
     draws = _allocate(sizes, 0 if exact_gini else sample_size)
     gen = torch.Generator().manual_seed(seed)
-    RX, RA = _RadixSelect(), _RadixSelect()  # order statistics of x, and of |x|
-    per_tensor, moments, sample = {}, {}, []
-    for n, d in zip(names, draws):
-        x = _work(scores[n]); mom = Moments()
-        for s in range(0, x.numel(), _CHUNK): mom = mom.merge(Moments._of_chunk(x[s:s + _CHUNK].double()))
-        moments[n] = mom
-        sx = _sorted_canonical(x); sa = sx if mom.min >= 0 else _sorted_canonical(x.abs())
-        RX.add(sx); RA.add(sa)
-        st = mom.as_dict(); st.update(_quantiles_sorted(sx))
-        st["max_over_median"] = _max_over_median(st["max"], st["q0.5"])
-        st.update(_tail_stats_sorted(sa, hill_frac, hill_m_min, hill_m_max))
-        per_tensor[n] = st; del sx, sa
-        if exact_gini: sample.append(x.abs().cpu())
-        elif d: sample.append(x[torch.randint(x.numel(), (d,), generator=gen).to(x.device)].abs().cpu())
-    # pass 2: refine the bins holding the overall target ranks
-    q_ranks = {q: (int(math.floor((N - 1) * q)), (N - 1) * q - math.floor((N - 1) * q)) for q in QUANTILES}
-    share_c = {k: _top_count(N, inv) for k, inv in TOP_SHARES.items()}
-    m = _hill_m(N, hill_frac, hill_m_min, hill_m_max)
-    RX.plan([r for j, _ in q_ranks.values() for r in (j, min(j + 1, N - 1))])
-    RA.plan([N - m - 1] if m else [], [N - c for c in share_c.values()] + ([N - m] if m else []))
-    for n in names:
-        x = _work(scores[n]); sx = _sorted_canonical(x)
-        RX.refine(sx); RA.refine(sx if moments[n].min >= 0 else _sorted_canonical(x.abs())); del sx
-    total = Moments()
-    for mom in moments.values(): total = total.merge(mom)
-    ov = total.as_dict()
-    for q, (j, f) in q_ranks.items(): ov[f"q{q}"] = _lerp(RX.value_at(j), RX.value_at(min(j + 1, N - 1)), f)
-    ov["max_over_median"] = _max_over_median(ov["max"], ov["q0.5"])
-    smp = torch.cat(sample) if sample else torch.empty(0)
-    ov["gini"] = _gini_sorted(_sorted(smp)) if smp.numel() else math.nan
-    for k, c in share_c.items():
-        cnt, s, _ = RA.above(N - c); t = RA.value_at(N - c)
-        ov[k] = (s + (c - cnt) * t) / total.abs_sum if total.abs_sum > 0 else math.nan
-    if m:
-        cnt, _, lg = RA.above(N - m); t = RA.value_at(N - m)
-        ov["hill_alpha"] = _hill_from(m, lg + (m - cnt) * (math.log(t) if t > 0 else -math.inf), RA.value_at(N - m - 1))
-    else: ov["hill_alpha"] = math.nan
-    ov["hill_m"] = m
-    exact = "exact (float64 accumulation; streamed moments merged with Chan et al. 1979 / Pébay 2008)"
-    radix = "exact (two-pass radix selection over fp32 bit patterns)"
-    method = {f: exact for f in _EXACT_ALWAYS}
-    method.update({f"q{q}": radix for q in QUANTILES}); method["max_over_median"] = radix
-    method.update({k: radix for k in TOP_SHARES}); method["hill_alpha"] = radix
-    method["gini"] = ("exact (all entries)" if exact_gini else
-                      f"estimated from a uniform random subsample of {smp.numel()} of the {N} entries "
-                      f"(proportional per tensor, with replacement, seed {seed})")
-    ov["method"] = method
+    per_tensor, moments, sample, RX, RA = _score_pass1(scores, names, draws, gen, hill_frac, hill_m_min, hill_m_max, exact_gini)
+    ov = _score_overall(scores, names, moments, sample, RX, RA, N, _hill_m(N, hill_frac, hill_m_min, hill_m_max))
+    ov["method"] = _score_methods(exact_gini, sum(t.numel() for t in sample), N, seed)
     by_layer = _aggregate([(layer_of[n], moments[n]) for n in names], lambda k: (k is None, k if k is not None else 0)) if layer_of is not None else {}
     by_kind = _aggregate([(kind_of[n], moments[n]) for n in names], lambda k: str(k)) if kind_of is not None else {}
     return {"per_tensor": per_tensor, "overall": ov, "per_layer": by_layer, "per_kind": by_kind,
