@@ -93,7 +93,7 @@ def check_selection(params:Mapping[str, torch.Tensor]|torch.nn.Module, # name ->
     return out
 
 # %% ../nbs/09_perturb.ipynb #4a366700
-METHODS = ("zero", "sign_flip", "gauss_noise", "bit_flip")
+METHODS = ("zero", "sign_flip", "gauss_noise", "bit_flip", "scale")
 NOISE_KINDS = ("relative", "absolute")
 BIT_NAMES = ("random", "sign", "exponent_msb", "mantissa_msb")
 
@@ -148,10 +148,12 @@ def check_method_args(method:str, # one of METHODS
                      )->None:
     "Refuse unknown methods and out-of-range settings with an `EsaError`."
     if method not in METHODS: raise EsaError(f"unknown perturbation method {method!r}; valid methods: {', '.join(METHODS)}.")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
-        raise EsaError(f"scale must be a finite number >= 0, got {scale!r}.")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise EsaError(f"--perturb-scale must be a finite number, got {scale!r}.")
+    if scale < 0 and method != "scale":  # scale multiplies w by any real alpha; the other methods take a magnitude
+        raise EsaError(f"--perturb-scale must be >= 0 for {method} (got {scale!r}); to multiply weights by a negative factor use --perturb scale.")
     if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0 <= prob <= 1:
-        raise EsaError(f"prob is a probability and must lie in [0, 1], got {prob!r}.")
+        raise EsaError(f"--perturb-prob is a probability and must lie in [0, 1], got {prob!r}.")
     if noise not in NOISE_KINDS: raise EsaError(f"unknown noise {noise!r}; choose 'relative' (sigma = scale*|w|) or 'absolute' (sigma = scale).")
     if isinstance(bit, str):
         if bit not in BIT_NAMES: raise EsaError(f"unknown bit {bit!r}; choose one of {', '.join(BIT_NAMES)} or a bit index (0 = least significant).")
@@ -222,7 +224,7 @@ def _settings_of(method, scale, prob, bit, noise, # the loose arguments of a cal
         raise EsaError("pass the perturbation either as settings=PerturbSettings(...) or as method/scale/prob/bit/noise, not both.")
     return _as_settings(settings)
 
-def _new_values(method:str, # 'zero', 'sign_flip' or 'gauss_noise'
+def _new_values(method:str, # 'zero', 'sign_flip', 'gauss_noise' or 'scale'
                 w:torch.Tensor, # the selected weights (a copy), in their dtype
                 scale:float, # method scale
                 noise:str, # 'relative' or 'absolute'
@@ -231,6 +233,8 @@ def _new_values(method:str, # 'zero', 'sign_flip' or 'gauss_noise'
                )->torch.Tensor:
     "New float values for the selected weights `w` (not bit_flip)."
     if method == "zero": return torch.zeros_like(w)
+    if method == "scale":  # w <- alpha * w for any real alpha (Yu et al. 2024, Fig. 6); alpha = 1 is exactly the identity
+        return w.clone() if scale == 1 else (w.to(torch.float64 if w.dtype == torch.float64 else torch.float32) * scale).to(w.dtype)
     if method == "sign_flip":
         nw = torch.neg(w)  # flips the sign bit exactly, also of zeros and NaNs
         return nw if scale == 1 else nw * scale
@@ -285,7 +289,7 @@ def apply_perturbation(params:Mapping[str, torch.Tensor]|torch.nn.Module, # name
         elif not dt.is_floating_point: raise EsaError(f"{s.method} needs floating-point weights; {n!r} is {dt}.")
     gen = _as_generator(generator)
     gdev = gen.device if gen is not None else torch.device("cpu")
-    acting = {"zero": (), "sign_flip": ("scale",), "gauss_noise": ("scale", "noise"), "bit_flip": ("prob", "bit")}[s.method]
+    acting = {"zero": (), "sign_flip": ("scale",), "scale": ("scale",), "gauss_noise": ("scale", "noise"), "bit_flip": ("prob", "bit")}[s.method]
     counts = ("n_selected", "n_changed", "n_value_changed", "n_nonfinite")
     record = {"method": s.method, **{a: getattr(s, a) for a in acting}, "seed": generator if isinstance(generator, int) else None,
               **dict.fromkeys(counts, 0), "per_tensor": {}}
@@ -369,6 +373,7 @@ def changeable(values:torch.Tensor, # weights, in their storage dtype (any shape
     if s.method == "gauss_noise":
         if s.scale == 0: return nothing
         if s.noise == "absolute": return every
+    if s.method == "scale" and s.scale == 1: return nothing  # alpha = 1 is the identity
     return w != 0
 
 # %% ../nbs/09_perturb.ipynb #3156f639

@@ -510,15 +510,6 @@ def jaccard(a:set, # first set
     u = len(a | b)
     return len(a & b) / u if u else 1.0
 
-def _ranks(x:np.ndarray)->np.ndarray:
-    "Ranks 1..n with ties given their average rank."
-    o = np.argsort(x, kind="stable"); xs = x[o]
-    start = np.r_[True, xs[1:] != xs[:-1]]; grp = np.cumsum(start) - 1
-    bounds = np.r_[np.nonzero(start)[0], len(x)]
-    avg = (bounds[:-1] + bounds[1:] - 1) / 2 + 1
-    r = np.empty(len(x)); r[o] = avg[grp]
-    return r
-
 def spearman(x, # scores of one seed on a list of entries (1-D)
              y, # scores of another seed on the same entries, in the same order
             )->float:
@@ -526,10 +517,8 @@ def spearman(x, # scores of one seed on a list of entries (1-D)
     x, y = _f64(x, "x"), _f64(y, "y")
     if len(x) != len(y): raise EsaError(f"spearman needs two score lists over the same entries; got lengths {len(x)} and {len(y)}.")
     if not (np.isfinite(x).all() and np.isfinite(y).all()): raise EsaError("spearman got NaN or infinite scores; rank only finite scores.")
-    if len(x) < 2: return math.nan
-    rx, ry = _ranks(x), _ranks(y); rx -= rx.mean(); ry -= ry.mean()
-    den = math.sqrt((rx * rx).sum() * (ry * ry).sum())
-    return float((rx * ry).sum() / den) if den > 0 else math.nan
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0: return math.nan  # ranks of a constant side are undefined
+    return float(scipy.stats.spearmanr(x, y).statistic)
 
 def stability_summary(topk_sets:dict, # seed -> set of selected keys (e.g. TopK.key_set())
                       scores_on_union:dict|None=None, # seed -> 1-D scores at the same union entries, same order
