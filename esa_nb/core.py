@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import functools
 import hashlib
 import json
@@ -15,7 +16,9 @@ import math
 import os
 import platform
 import random
+import re
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -26,10 +29,11 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['EXIT_USAGE', 'ESA_MARKERS', 'LOCK_NAME', 'DTYPES', 'EsaError', 'cli_entry', 'atomic_write_bytes', 'atomic_write_text',
-           'write_json', 'read_json', 'atomic_path', 'prepare_out_dir', 'RunLock', 'claim_out_dir', 'sha256_file',
-           'sha256_tensor', 'sha256_json', 'resolve_device', 'resolve_dtype', 'seed_everything', 'hub_offline',
-           'offline_mode', 'get_logger', 'peak_memory', 'package_versions', 'device_name', 'RunManifest',
+__all__ = ['EXIT_USAGE', 'ESA_MARKERS', 'LOCK_NAME', 'TEMP_RE', 'DTYPES', 'SEED_RANGE', 'EsaError', 'os_error_message',
+           'cli_entry', 'temp_prefix', 'atomic_write_bytes', 'atomic_write_text', 'write_json', 'read_json',
+           'atomic_path', 'check_path_length', 'prepare_out_dir', 'RunLock', 'clean_stale_temps', 'claim_out_dir',
+           'sha256_file', 'sha256_tensor', 'sha256_json', 'resolve_device', 'resolve_dtype', 'seed_everything',
+           'hub_offline', 'offline_mode', 'get_logger', 'peak_memory', 'package_versions', 'device_name', 'RunManifest',
            'parse_int_list']
 
 # %% ../nbs/00_core.ipynb #83c04efe
@@ -38,18 +42,44 @@ class EsaError(Exception):
 
 EXIT_USAGE = 2
 
+_FULL = "free some space (or choose an --out-dir on another disk) and rerun. Files already written are complete (each is written to a temporary name and renamed only when whole), and a rerun reuses saved scores"
+_OS_HINTS = {
+    errno.ENAMETOOLONG: ("a name in this path is too long", "this file system allows at most 255 bytes per file or directory name (and about 4096 per path); choose a shorter path"),
+    errno.ENOSPC: ("the disk is full", _FULL), errno.EDQUOT: ("the disk quota is exceeded", _FULL),
+    errno.EACCES: ("permission denied", "choose a path you can write to, or fix its permissions"),
+    errno.EPERM: ("operation not permitted", "choose a path you can write to, or fix its permissions"),
+    errno.EROFS: ("the file system is read-only", "choose a path on a writable disk"),
+}
+
+def os_error_message(e:BaseException # an exception, usually an OSError
+                    )->str|None:
+    "One paragraph for an OSError a person can fix (long name, full disk, no permission, read-only disk), naming the path; None otherwise."
+    first, x = None, e
+    while x is not None:  # the earliest such error: writing the failure record may fail the same way
+        if isinstance(x, OSError) and x.errno in _OS_HINTS: first = x
+        x = x.__context__
+    if first is None: return None
+    what, todo = _OS_HINTS[first.errno]
+    where = first.filename if first.filename is not None else "a file"
+    return f"{what}: cannot write {where} ({first.strerror or first}). {todo[0].upper()}{todo[1:]}."
+
 def cli_entry(fn:Callable # a `main(argv)` function
              )->Callable:
-    "Wrap a CLI `main` so `EsaError` prints one clean paragraph and exits 2, Ctrl-C exits 130, and success returns 0."
+    "Wrap a CLI `main` so `EsaError` (and a fixable `OSError`) prints one clean paragraph and exits 2, Ctrl-C exits 130, and success returns 0."
+    def _fail(msg):
+        prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "esa_nb"
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
     @functools.wraps(fn)
     def _inner(argv=None):
         try:
             fn(argv)
             return 0
-        except EsaError as e:
-            prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "esa_nb"
-            print(f"{prog}: error: {e}", file=sys.stderr)
-            raise SystemExit(EXIT_USAGE)
+        except EsaError as e: _fail(e)
+        except OSError as e:
+            msg = os_error_message(e)
+            if msg is None: raise
+            _fail(msg)
         except KeyboardInterrupt:
             print("interrupted: files already written are complete; rerun to continue (saved scores are reused).", file=sys.stderr)
             raise SystemExit(130)
@@ -77,20 +107,37 @@ def _umask_mode(p):
     um = os.umask(0); os.umask(um)
     os.chmod(p, 0o666 & ~um)
 
+def _host()->str: return re.sub(r"[^A-Za-z0-9-]+", "-", platform.node())[:32].strip("-") or "host"
+
+def temp_prefix(name:str # the destination's file name
+               )->str:
+    "The prefix of this process's temporary files for `name`: `.<name>.<host>-<pid>.` (see `clean_stale_temps`)."
+    return f".{name}.{_host()}-{os.getpid()}."
+
+def _named(e:OSError, path:Path, tmp=None)->OSError:
+    "Name the destination in an OSError raised while writing it (instead of no name, or the temporary one)."
+    if e.filename is None or (tmp is not None and str(e.filename) == str(tmp)): e.filename = str(path)
+    return e
+
+def _mkstemp(path:Path)->tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try: return tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
+    except OSError as e: raise _named(e, path) from None
+
 def atomic_write_bytes(path:str|Path, # destination file
                        data:bytes, # content
                       )->Path:
-    "Write `data` to `path` atomically: temp file in the same directory, fsync, then rename."
+    "Write `data` to `path` atomically: temp file in the same directory, fsync, then rename. On failure the temp file is removed."
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _mkstemp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data); f.flush(); os.fsync(f.fileno())
         _umask_mode(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
+        if isinstance(e, OSError): _named(e, path, tmp)
         raise
     return path
 
@@ -113,13 +160,17 @@ def read_json(path:str|Path)->Any:
 @contextlib.contextmanager
 def atomic_path(path:str|Path # final destination
                ):
-    "Yield a temporary path beside `path` for a writer that needs a file name; rename over `path` on success."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent); os.close(fd)
+    "Yield a temporary path beside `path` for a writer that needs a file name; fsync and rename over `path` on success."
+    path = Path(path)
+    fd, tmp = _mkstemp(path); os.close(fd)
     try:
         yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try: os.fsync(fd)
+        finally: os.close(fd)
         _umask_mode(tmp)
         os.replace(tmp, path)
+    except OSError as e: raise _named(e, path, tmp)
     finally:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
 
@@ -132,8 +183,31 @@ def _related(a:Path, b:Path)->bool:
     a, b = a.resolve(), b.resolve()
     return a == b or b in a.parents or a in b.parents
 
+def _name_max(path:Path)->tuple[int, int]:
+    "(longest name, longest path) in bytes on the file system of `path`'s nearest existing ancestor."
+    p = path.absolute()
+    while not os.path.exists(p) and p != p.parent: p = p.parent  # os.path.exists: False, not OSError, for a too-long name
+    try: return os.pathconf(p, "PC_NAME_MAX"), os.pathconf(p, "PC_PATH_MAX")
+    except (OSError, ValueError): return 255, 4096
+
+def check_path_length(path:str|Path, # a path to be created
+                      flag:str="--out-dir", # option name for the message
+                     )->Path:
+    "Refuse a path with a name (or a total length) longer than its file system allows, naming the offending part."
+    path = Path(path)
+    n_max, p_max = _name_max(path)
+    for part in path.parts:
+        if len(os.fsencode(part)) > n_max:
+            raise EsaError(f"{flag} {path}: the name {part[:40]}... is {len(os.fsencode(part))} bytes long, but this file system allows "
+                           f"at most {n_max} bytes per file or directory name. Choose a shorter name.")
+    if len(os.fsencode(str(path.absolute()))) >= p_max:
+        raise EsaError(f"{flag} {str(path)[:80]}...: the path is {len(os.fsencode(str(path.absolute())))} bytes long, but this file "
+                       f"system allows at most {p_max - 1}. Choose a shorter path.")
+    return path
+
 def _check_out_path(path:Path, protect:Iterable):
-    "Refuse a file, a dangling symlink, or a directory related to a protected input (the model, the data files)."
+    "Refuse a too-long path, a file, a dangling symlink, or a directory related to a protected input (the model, the data files)."
+    check_path_length(path)
     if path.is_symlink() and not path.exists():
         raise EsaError(f"--out-dir {path} is a dangling symbolic link (to {os.readlink(path)}, which does not exist). "
                        "Create its target or choose another path.")
@@ -160,7 +234,7 @@ def prepare_out_dir(path:str|Path, # run directory
                            "will not touch it: its files are someone else's. Choose a new directory.")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write_probe.", dir=path); os.close(fd); os.unlink(probe)
+        fd, probe = tempfile.mkstemp(prefix=temp_prefix("write_probe"), suffix=".tmp", dir=path); os.close(fd); os.unlink(probe)
     except OSError as e:
         raise EsaError(f"--out-dir {path} is not writable ({e.strerror or e}). Choose a directory you can write to.") from None
     return path
@@ -178,8 +252,14 @@ class RunLock:
                 ): self.dir, self.file, self.held = Path(path), Path(path)/LOCK_NAME, False
 
     def _holder(self)->dict:
-        try: return json.loads(self.file.read_text())
-        except (OSError, ValueError): return {}
+        try: h = json.loads(self.file.read_text())
+        except (OSError, ValueError): h = None
+        return h if isinstance(h, dict) else {}
+
+    def _unreadable_stale(self, h:dict)->bool:
+        "An empty or garbled lock, older than 10 s: its writer died between creating and filling it."
+        try: return not h and time.time() - self.file.stat().st_mtime > 10
+        except OSError: return False
 
     def acquire(self, take_stale:bool=False # take over a lock whose process no longer runs on this host
                )->RunLock:
@@ -188,7 +268,7 @@ class RunLock:
         try: fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             h = self._holder(); pid, host = h.get("pid"), h.get("host")
-            stale = host == platform.node() and isinstance(pid, int) and not _alive(pid)
+            stale = (host == platform.node() and isinstance(pid, int) and not _alive(pid)) or self._unreadable_stale(h)
             if stale and take_stale:
                 logging.getLogger("esa_nb").warning(f"taking over the stale lock {self.file} of process {pid}, which no longer runs")
                 self.file.unlink(missing_ok=True); return self.acquire()
@@ -196,7 +276,12 @@ class RunLock:
                                      "longer runs (it was killed). Pass --overwrite to take it over, or delete the lock file.") from None
             raise EsaError(f"--out-dir {self.dir} is in use by another run (process {pid} on {host}, started {h.get('started')}). "
                            "Wait for it to finish or choose another directory.") from None
-        with os.fdopen(fd, "w") as f: json.dump({"pid": os.getpid(), "host": platform.node(), "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}, f)
+        try:
+            with os.fdopen(fd, "w") as f: json.dump({"pid": os.getpid(), "host": platform.node(), "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}, f)
+        except BaseException as e:  # a half-written lock would block the directory for good
+            self.file.unlink(missing_ok=True)
+            if isinstance(e, OSError): _named(e, self.file)
+            raise
         self.held = True
         return self
 
@@ -206,6 +291,32 @@ class RunLock:
 
     def __enter__(self): return self.acquire()
     def __exit__(self, *exc): self.release()
+
+# %% ../nbs/00_core.ipynb #4d7e1c11
+TEMP_RE = re.compile(r"^\..+?\.(?:(?P<host>[A-Za-z0-9-]*)-(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp$")  # esa_nb's temporary files and dirs
+
+def clean_stale_temps(d:str|Path, # a run directory or a cache directory
+                      owned:bool=False, # this process holds the directory's RunLock: every temporary file in it is stale
+                      max_age:float=24*3600, # seconds after which a temporary file of an unknown or remote writer is stale
+                     )->list[Path]:
+    "Remove the temporary files and directories that killed esa_nb processes left in `d` (not recursive); return them."
+    d, out = Path(d), []
+    try: entries = list(os.scandir(d))
+    except OSError: return out
+    for e in entries:
+        m = TEMP_RE.match(e.name)
+        if not m: continue
+        try: age = time.time() - e.stat(follow_symlinks=False).st_mtime
+        except OSError: continue
+        pid = int(m["pid"]) if m["pid"] else None
+        dead = pid is not None and m["host"] == _host() and pid != os.getpid() and not _alive(pid)
+        if not (owned or dead or age > max_age): continue
+        with contextlib.suppress(FileNotFoundError):
+            if e.is_dir(follow_symlinks=False): shutil.rmtree(e.path)
+            else: os.unlink(e.path)
+            out.append(Path(e.path))
+    if out: logging.getLogger("esa_nb").info(f"removed {len(out)} temporary file(s) left in {d} by a killed run")
+    return out
 
 # %% ../nbs/00_core.ipynb #75e94848
 def claim_out_dir(path:str|Path, # run directory
@@ -217,7 +328,9 @@ def claim_out_dir(path:str|Path, # run directory
     _check_out_path(path, protect)
     existed = path.exists()
     lock = RunLock(path).acquire(take_stale=overwrite)
-    try: prepare_out_dir(path, overwrite, protect)
+    try:
+        for sub in (path, path/"scores", path/"plots"): clean_stale_temps(sub, owned=True)  # ours now: any temp file is debris
+        prepare_out_dir(path, overwrite, protect)
     except BaseException:
         lock.release()
         if not existed:
@@ -411,11 +524,14 @@ class RunManifest:
         return write_json(self.out_dir/"experiment_manifest.json", self.as_dict(status))
 
 # %% ../nbs/00_core.ipynb #0c07a8c4
+SEED_RANGE = (0, 2**32)  # seeds NumPy accepts: 0 <= seed < 2**32
+
 def parse_int_list(s:str|int|Iterable, # '1337,123,999', an int, or a list
                    flag:str="--seeds", # flag name for the error message
                    unique:bool=True, # refuse duplicates
+                   bounds:tuple|None=None, # (lo, hi): every value must satisfy lo <= v < hi; None: SEED_RANGE for a --seed(s) flag, else none
                   )->list[int]:
-    "Parse a comma-separated list of integers, with a clear error for bad or duplicate items."
+    "Parse a comma-separated list of integers, with a clear error for bad, out-of-range or duplicate items."
     if isinstance(s, int): items = [s]
     elif isinstance(s, str): items = [x.strip() for x in s.split(",") if x.strip()]
     else: items = list(s)
@@ -424,6 +540,12 @@ def parse_int_list(s:str|int|Iterable, # '1337,123,999', an int, or a list
     for x in items:
         try: out.append(int(x) if not isinstance(x, float) or x.is_integer() else int("x"))
         except (TypeError, ValueError): raise EsaError(f"{flag} takes comma-separated integers, e.g. 1337,123,999; {x!r} is not an integer.") from None
+    seeds = bounds is None and flag.lstrip("-") in ("seed", "seeds")
+    lo, hi = SEED_RANGE if seeds else bounds or (None, None)
+    for v in out:
+        if (lo is not None and v < lo) or (hi is not None and v >= hi):
+            raise EsaError(f"{flag} value {v} is out of range: " + ("a seed must lie between 0 and 4294967295 (2**32 - 1), "
+                           "the range NumPy accepts." if seeds else f"values must lie between {lo} and {hi - 1}."))
     if unique and len(set(out)) != len(out):
         raise EsaError(f"{flag} has duplicates ({s!r}); each value must be distinct.")
     return out

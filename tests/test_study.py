@@ -48,8 +48,9 @@ def test_the_notebook_snippet(tiny_dirs, tmp_path):
     base = s.baseline()
     assert base["n_blocks"] == 8 and base.to_frame().shape[0] == 1 and "<table" in base._repr_html_()
     prof = s.profile("grad_x_weight", seeds=[0, 1], max_samples=6)
-    t = prof.topk(100)
-    assert len(t) == 200 and set(t.seed) == {0, 1}
+    t = prof.topk(100)  # the default mode, per_layer: k from every tensor
+    assert set(t.seed) == {0, 1} and t.groupby(["seed", "tensor"]).size().max() == 100
+    assert len(prof.topk(100, mode="global")) == 200
     assert prof.topk(5, mode="per_layer").groupby(["seed", "tensor"]).size().max() == 5
     res = s.perturb(prof, k=100, method="zero", controls=["random_k", "bottom_k"])
     assert res.verdict.split(":")[0] in ("PASS", "NOT MET", "INCONCLUSIVE")
