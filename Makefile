@@ -28,7 +28,7 @@ install: $(STAMP)
 # The full pipeline on the embedded SmolLM2-135M and the builtin pydoc corpus: baseline, grad_x_weight scores,
 # global top-k, zeroing against random_k and bottom_k over two seeds, stability, and every chart.
 DEMO_ARGS ?= --metric grad_x_weight --mode global --topk 100 --max-samples 16 --eval-samples 16 --seq-len 128 \
-	--perturb zero --controls random_k,bottom_k,matched_k --seeds 1337,123 --stability-check --save-plots
+	--perturb zero --controls random_k,bottom_k,matched_k --seeds 1337,123 --stability-check --attribute --save-plots
 
 demo: install
 	$(BIN)/esa-runner $(DEMO_ARGS) --out-dir $(DEMO_OUT) --overwrite

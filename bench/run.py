@@ -15,6 +15,7 @@ Sections
   topk      global and per-tensor top-k over 1e8 scores (25 tensors of 4M)
   scaling   forward+backward and grad_x_weight from tiny to small Llama configs, against the model's FLOPs and bytes
   torchrun  esa-runner alone vs torchrun with 1 and 2 processes on this machine
+  attribute evaluations the causal-core search uses against k (synthetic effects, and a tiny model with a planted super weight)
 Finally a projection for Llama-3.1-8B on one H100 from the measured ratios.
 """
 from __future__ import annotations
@@ -244,7 +245,38 @@ def w_scale(a):
            "ru_maxrss": _ru_maxrss()})
 
 
-WORKERS = {"load": w_load, "metric": w_metric, "topk": w_topk, "scale": w_scale}
+def w_attribute(a):
+    "Evaluations the core search uses: synthetic additive effects (cores of 1-5 equal items at given ranks, 1e-4 for every other"
+    " item) and a tiny model with a planted super weight."
+    import torch
+    from esa_nb.causal import SetEffects, core_search, plant_super_weight
+    rows = []
+    for k in a["ks"]:
+        for ranks in a["cores"]:
+            if max(ranks) >= k: continue
+            eff = {r: 2.0 for r in ranks}  # equal effects: every planted item is needed to reach 90%
+            f = SetEffects(lambda s, eff=eff: {"delta_nll": sum(eff.get(i, 1e-4) for i in s)})
+            r = core_search(f, list(range(k)), 0.9)
+            rows.append({"kind": "synthetic", "k": k, "core_ranks": list(ranks), "found": r["core"] == sorted(ranks),
+                         "evaluations": r["evaluations"]})
+    from esa_nb.study import Study
+    from esa_nb.models import save_tiny
+    d = Path(tempfile.mkdtemp()); save_tiny(d / "m", "llama", hidden=64, intermediate=128)
+    for k in a["ks"]:
+        s = Study(str(d / "m"), device="cpu", seq_len=64, max_samples=8, eval_samples=16, no_progress=True, seeds=[1],
+                  topk=k, mode="global", perturb="zero")
+        name, flat = plant_super_weight(s.model, s.data0.calib)
+        prof = s.profile("grad_x_weight")
+        t, att = _timed(lambda: s.attribute(prof, top=min(20, k), stop_words=0, hold=False, alphas=[]))
+        core = att["per_seed"]["1"]
+        rows.append({"kind": "planted model", "k": k, "core_ranks": [prof.topk_set(1, k).key_set() and
+                     list(zip(prof.topk_set(1, k).names, prof.topk_set(1, k).flat.tolist())).index((name, flat)) + 1],
+                     "found": [(c["tensor"], c["flat"]) for c in core["core"]] == [(name, flat)],
+                     "evaluations": core["evaluations"], "attribution_s": t, "total_evaluations": att["evaluations"]})
+    _emit({"rows": rows})
+
+
+WORKERS = {"load": w_load, "metric": w_metric, "topk": w_topk, "scale": w_scale, "attribute": w_attribute}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -369,6 +401,15 @@ def sec_topk(cfg, R):
           f"{_gb(r['n_scores'] * 4)})", ["selection", "s", "extra memory"], rows)
 
 
+def sec_attribute(cfg, R):
+    r = run_worker("attribute", {"ks": cfg.attr_ks, "cores": [[0], [0, 1, 2, 4, 7], [2, 9, 17], [0, 1, 2, 3, 4], [10, 30, 50, 70, 90]]})
+    R["attribute"] = r
+    table("Causal core search: evaluations used against k (target: <= 25 for k = 100 and a core of <= 5 weights; "
+          "k single ablations would use k)", ["model", "k", "core at ranks", "core found", "evaluations", "evaluations / k"],
+          [[x["kind"], x["k"], ",".join(str(i + (x["kind"] == "synthetic")) for i in x["core_ranks"]), x["found"], x["evaluations"],
+            f(x["evaluations"] / x["k"])] for x in r["rows"]])
+
+
 def sec_scaling(cfg, R):
     rows, res = [], []
     for h, L in cfg.scale_configs:
@@ -454,7 +495,7 @@ def projection(R):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes, no first load (about 3 minutes on 2 cores)")
-    p.add_argument("--only", default=None, help="comma-separated sections: load, metrics, topk, scaling, torchrun")
+    p.add_argument("--only", default=None, help="comma-separated sections: load, metrics, topk, scaling, torchrun, attribute")
     p.add_argument("--device", default="auto", help="device of the model measurements (auto: CUDA if present)")
     p.add_argument("--out", default=None, help="JSON file to write (default bench/results/bench-<time>.json)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -469,7 +510,9 @@ def main(argv=None):
     cfg.scale_configs = [(64, 2), (128, 4), (256, 8)] if q else [(64, 2), (128, 4), (256, 8), (512, 12), (1024, 16)]
     cfg.s_seq, cfg.s_blocks = (64, 2) if q else (128, 2)
     cfg.tr_hidden, cfg.tr_layers, cfg.tr_seq, cfg.tr_blocks = (128, 2, 64, 8) if q else (256, 4, 128, 16)
-    sections = {"load": sec_load, "metrics": sec_metrics, "topk": sec_topk, "scaling": sec_scaling, "torchrun": sec_torchrun}
+    cfg.attr_ks = [25, 100] if q else [25, 50, 100, 200]
+    sections = {"load": sec_load, "metrics": sec_metrics, "topk": sec_topk, "scaling": sec_scaling, "torchrun": sec_torchrun,
+                "attribute": sec_attribute}
     chosen = [s.strip() for s in cfg.only.split(",")] if cfg.only else list(sections)
     bad = [s for s in chosen if s not in sections]
     if bad: p.error(f"unknown section(s) {bad}; choose from {', '.join(sections)}")

@@ -568,12 +568,16 @@ def as_float(x # a number, a JSON string such as "inf", "-inf" or "nan", or None
     try: return float(x)
     except (TypeError, ValueError): raise EsaError(f"expected a number (or 'inf', '-inf', 'nan', null), got {x!r}.") from None
 
-def fmt_num(x # a number, a JSON string such as "inf", or None
+def fmt_num(x, # a number, a JSON string such as "inf", or None
+            digits:int=3, # significant digits
+            glyphs:bool=False, # '∞' / '-∞' (chart labels) instead of 'inf' / '-inf'
            )->str:
-    "x with 3 significant digits; 'n/a' for None, 'inf', '-inf' and 'nan' as such."
+    "x with `digits` significant digits; 'n/a' for None or NaN, infinities as 'inf' (or '∞')."
     if x is None: return "n/a"
     x = as_float(x)
-    return str(x) if not math.isfinite(x) else f"{x:.3g}"
+    if math.isnan(x): return "n/a" if glyphs else "nan"
+    if math.isinf(x): return ("∞" if x > 0 else "-∞") if glyphs else str(x)
+    return f"{x:.{digits}g}"
 
 # %% ../nbs/08_stats.ipynb #0b67dbf2
 def seed_interval(delta_per_seed, # ΔNLL of each seed (S ≥ 2 finite values), all on the same blocks

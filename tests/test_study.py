@@ -73,3 +73,17 @@ def test_study_and_runner_write_the_same_results(tiny_dirs, tmp_path):
         a, b = (json.loads((tmp_path / d / f).read_text()) for d in ("cli", "api"))
         assert a == b, f
     assert (tmp_path / "cli" / "top_weights.csv").read_text() == (tmp_path / "api" / "top_weights.csv").read_text()
+
+
+def test_the_snippet_on_the_embedded_model(tmp_path):
+    "The one end-to-end test on the embedded SmolLM2-135M: the issue's snippet, at a small size, gives the demo's verdict."
+    s = Study("smollm2-135m", dataset="pydoc", seq_len=64, eval_samples=8, device="cpu", no_progress=True, mode="global")
+    base = s.baseline()
+    assert 5 < base["ppl"] < 200  # honest evaluation: natural text, a small model
+    prof = s.profile("grad_x_weight", seeds=[0, 1], max_samples=4)
+    assert len(prof.topk(100)) == 200
+    res = s.perturb(prof, k=100, method="zero", controls=["random_k", "bottom_k"])
+    assert res.verdict.startswith("PASS"), res.verdict
+    assert res.results[100]["super_weights"]["delta_nll"] > 1.0
+    out = s.save(tmp_path / "my-study")
+    assert (out / "perturbation_results.json").is_file() and (out / "scores" / "seed1.safetensors").is_file()
