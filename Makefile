@@ -9,7 +9,7 @@ BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.esa_nb_installed
 DEMO_OUT    ?= outputs/demo
 
-.PHONY: install demo test nbtest pytest sync docs-check bench clean
+.PHONY: install demo test nbtest pytest sync docs-check outputs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ docs-check: install
 	@echo "docs check: every notebook pre-processes (nbdev_proc_nbs)"
 
 test: install nbtest docs-check pytest sync
+
+# Re-run the literate notebooks and keep their small outputs (tables, SVG charts) for the docs; commit the result.
+outputs: install
+	$(BIN)/python tools/fill_outputs.py
+	$(BIN)/nbdev_clean
 
 bench: install
 	$(BIN)/python bench/run.py

@@ -4,6 +4,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from esa_nb.config import EsaConfig
 from esa_nb.runner import run_esa
@@ -87,3 +88,17 @@ def test_the_snippet_on_the_embedded_model(tmp_path):
     assert res.results[100]["super_weights"]["delta_nll"] > 1.0
     out = s.save(tmp_path / "my-study")
     assert (out / "perturbation_results.json").is_file() and (out / "scores" / "seed1.safetensors").is_file()
+
+
+@pytest.mark.parametrize("policy", ["topk", "none"])
+def test_save_scores_policy(policy, tiny_dirs, tmp_path):
+    "--save-scores topk|none: the run (stability, perturbation) still works from scratch copies; the run directory keeps less."
+    out = tmp_path / "r"
+    run_esa(EsaConfig(model=str(tiny_dirs["llama"]), metric="magnitude", out_dir=str(out), save_scores=policy, score_dtype="bf16", **ARGS))
+    got = sorted(p.name for p in (out / "scores").glob("*")) if (out / "scores").exists() else []
+    assert got == (["seed3.topk.safetensors", "seed4.topk.safetensors"] if policy == "topk" else [])
+    assert (out / "stability_summary.json").is_file() and (out / "perturbation_results.json").is_file()
+    if policy == "topk":
+        from safetensors.torch import load_file
+        t = load_file(out / "scores" / "seed3.topk.safetensors")
+        assert len(t["flat"]) == 10 and t["score"].dtype == torch.float32
