@@ -16,6 +16,7 @@ Sections
   scaling   forward+backward and grad_x_weight from tiny to small Llama configs, against the model's FLOPs and bytes
   torchrun  esa-runner alone vs torchrun with 1 and 2 processes on this machine
   attribute evaluations the causal-core search uses against k (synthetic effects, and a tiny model with a planted super weight)
+  plain     esa_nb against the plain PyTorch script a researcher would write (bench/plain_workflow.py): wall time and peak memory
 Finally a projection for Llama-3.1-8B on one H100 from the measured ratios.
 """
 from __future__ import annotations
@@ -401,6 +402,51 @@ def sec_topk(cfg, R):
           f"{_gb(r['n_scores'] * 4)})", ["selection", "s", "extra memory"], rows)
 
 
+def sec_plain(cfg, R):
+    "esa_nb against the plain script a researcher would write (bench/plain_workflow.py), interleaved runs, medians."
+    import statistics
+    from esa_nb.models import embedded_gguf_path
+    exe = Path(sys.executable).parent / "esa-runner"
+    tmp = Path(tempfile.mkdtemp(prefix="esa_bench_plain."))
+    T, nc, ne = cfg.plain_seq, cfg.plain_blocks, cfg.plain_blocks
+    esa = [str(exe), "--metric", "grad_x_weight", "--mode", "global", "--topk", "100", "--max-samples", str(nc), "--eval-samples", str(ne),
+           "--seq-len", str(T), "--perturb", "zero", "--controls", "random_k,bottom_k", "--seeds", "0,1", "--no-progress", "--device", "cpu"]
+    plain = [sys.executable, str(HERE / "plain_workflow.py"), str(embedded_gguf_path()), str(T), str(nc), str(ne)]
+    runs = {"esa_nb": [], "plain": []}
+    try:
+        for i in range(cfg.plain_repeats):  # interleaved, so that machine load affects both alike
+            # each command runs under a fresh worker process, whose RUSAGE_CHILDREN peak is that command's alone
+            for name, cmd in (("esa_nb", esa + ["--out-dir", str(tmp / f"run{i}")]), ("plain", plain)):
+                r = run_worker("measure", {"cmd": cmd})
+                if name == "esa_nb":
+                    man = json.loads((tmp / f"run{i}" / "experiment_manifest.json").read_text()); r["phases"] = man["phase_seconds"]
+                runs[name].append(r)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+    med = {n: {k: statistics.median(x[k] for x in v) for k in ("wall_s", "peak_rss")} for n, v in runs.items()}
+    spread = {n: {k: (min(x[k] for x in v), max(x[k] for x in v)) for k in ("wall_s", "peak_rss")} for n, v in runs.items()}
+    R["plain"] = {"runs": runs, "median": med, "spread": spread}
+    rows = [[n, f(med[n]["wall_s"], 1), f"{f(spread[n]['wall_s'][0], 1)}-{f(spread[n]['wall_s'][1], 1)}", _gb(med[n]["peak_rss"]),
+             f"{_gb(spread[n]['peak_rss'][0])}-{_gb(spread[n]['peak_rss'][1])}"] for n in runs]
+    rows.append(["esa_nb / plain", f(med["esa_nb"]["wall_s"] / med["plain"]["wall_s"]), "", f(med["esa_nb"]["peak_rss"] / med["plain"]["peak_rss"]), ""])
+    table(f"esa_nb against a plain PyTorch workflow: embedded SmolLM2-135M, {nc} calibration + {ne} evaluation blocks of {T}, "
+          f"grad_x_weight global top-100, zero + random_k + bottom_k, seeds 0,1; median of {cfg.plain_repeats} interleaved runs "
+          "(targets: <= 0.6 wall, <= 0.5 peak memory)", ["workflow", "wall s", "range", "peak RSS", "range"], rows)
+    ph = statistics.median  # where esa_nb's time goes (median over runs)
+    keys = sorted({k for x in runs["esa_nb"] for k in x["phases"]})
+    table("esa_nb phases (median seconds)", ["phase", "s"], [[k, f(ph(x["phases"].get(k, 0.0) for x in runs["esa_nb"]), 1)] for k in keys])
+
+
+def w_measure(a):
+    "Run a command as a child and report its wall time and its own peak RSS (this worker is a fresh process)."
+    t = time.perf_counter()
+    p = subprocess.run(a["cmd"], capture_output=True, text=True, cwd=ROOT)
+    if p.returncode != 0: raise RuntimeError(f"{a['cmd'][0]} failed:\n{p.stderr[-3000:]}")
+    _emit({"wall_s": time.perf_counter() - t, "peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024})
+
+
+WORKERS["measure"] = w_measure
+
+
 def sec_attribute(cfg, R):
     r = run_worker("attribute", {"ks": cfg.attr_ks, "cores": [[0], [0, 1, 2, 4, 7], [2, 9, 17], [0, 1, 2, 3, 4], [10, 30, 50, 70, 90]]})
     R["attribute"] = r
@@ -495,7 +541,7 @@ def projection(R):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes, no first load (about 3 minutes on 2 cores)")
-    p.add_argument("--only", default=None, help="comma-separated sections: load, metrics, topk, scaling, torchrun, attribute")
+    p.add_argument("--only", default=None, help="comma-separated sections: load, metrics, topk, scaling, torchrun, attribute, plain")
     p.add_argument("--device", default="auto", help="device of the model measurements (auto: CUDA if present)")
     p.add_argument("--out", default=None, help="JSON file to write (default bench/results/bench-<time>.json)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -511,8 +557,9 @@ def main(argv=None):
     cfg.s_seq, cfg.s_blocks = (64, 2) if q else (128, 2)
     cfg.tr_hidden, cfg.tr_layers, cfg.tr_seq, cfg.tr_blocks = (128, 2, 64, 8) if q else (256, 4, 128, 16)
     cfg.attr_ks = [25, 100] if q else [25, 50, 100, 200]
+    cfg.plain_seq, cfg.plain_blocks, cfg.plain_repeats = (128, 4, 1) if q else (256, 8, 3)
     sections = {"load": sec_load, "metrics": sec_metrics, "topk": sec_topk, "scaling": sec_scaling, "torchrun": sec_torchrun,
-                "attribute": sec_attribute}
+                "attribute": sec_attribute, "plain": sec_plain}
     chosen = [s.strip() for s in cfg.only.split(",")] if cfg.only else list(sections)
     bad = [s for s in chosen if s not in sections]
     if bad: p.error(f"unknown section(s) {bad}; choose from {', '.join(sections)}")

@@ -6,16 +6,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
 import sys
 from pathlib import Path
 
-from .core import (EsaError, RunManifest, cli_entry, get_logger, prepare_out_dir, resolve_device, seed_everything,
-                         write_json)
+from .core import (EsaError, RunManifest, check_path_length, claim_out_dir, cli_entry, get_logger, parse_int_list,
+                         resolve_device, seed_everything, write_json)
 from .models import DEFAULT_MODEL, context_length, load_model, parse_device_map
 from .data import load_text
+from .distributed import torchrun_env
 from .evaluate import evaluate, check_plausibility, text_overlap, text_warnings
 
 # %% auto #0
@@ -83,18 +85,18 @@ def start_run(args:argparse.Namespace, # parsed options (model, data and run gro
               argv:list|None=None, # command line for the manifest
               out_dir:str|Path|None=None, # run directory (default args.out_dir)
               attn_implementation:str|None=None, # force an attention implementation (e.g. 'eager')
+              eval_flag:str="--eval-samples", # the option that set max_eval, for the note when the text holds fewer blocks
              ):
-    "Validate, claim the run directory, load model and text; return (model, tok, data, manifest, log)."
+    "Validate, load model and text, then claim the run directory; return (model, tok, data, manifest, log); release `man.lock` at the end."
     log = get_logger(getattr(args, "verbose", False))
     check_positive(args, "batch-size")
     if args.seq_len is None or args.seq_len < 2: raise EsaError(f"--seq-len must be at least 2 tokens (got {args.seq_len}).")
     if max_samples is not None and max_samples <= 0: raise EsaError(f"--max-samples must be a positive number of blocks (got {max_samples}).")
     if max_eval is not None and max_eval <= 0: raise EsaError(f"the number of evaluation blocks must be positive (got {max_eval}).")
     device = resolve_device(args.device)
-    out = prepare_out_dir(out_dir or args.out_dir, args.overwrite)
+    out = check_path_length(out_dir or args.out_dir)
     config = {k: v for k, v in vars(args).items() if k not in ("func",)}
     config.update(resolved_max_eval=max_eval, resolved_max_samples=max_samples)
-    write_json(out/"config.json", config)
     man = RunManifest(out, config, argv=argv, tool=tool)
     man.device = device
     seed_everything(seed)
@@ -109,8 +111,12 @@ def start_run(args:argparse.Namespace, # parsed options (model, data and run gro
     with man.phase("load_data"):
         data = load_text(tok, args.dataset, args.seq_len, max_samples=max_samples, max_eval=max_eval, seed=seed,
                          dataset_config=args.dataset_config, data_files=args.data_files, eval_files=args.eval_files,
-                         calib_split=args.calib_split, eval_split=args.eval_split)
+                         calib_split=args.calib_split, eval_split=args.eval_split, eval_flag=eval_flag)
     man.update(model=model.esa_info, data={k: v for k, v in data.info.items() if k != "calib_block_indices"})
+    inputs = [p for p in map(Path, [str(args.model), *(args.data_files or []), *(args.eval_files or [])]) if p.exists()]
+    man.lock = claim_out_dir(out, args.overwrite, protect=inputs)
+    try: write_json(out/"config.json", config); man.write("running")
+    except BaseException: man.lock.release(); raise
     log.info(f"model {model.esa_info.get('architecture')} ({model.esa_info['n_params']/1e6:.1f}M params, {model.esa_info['dtype']}) "
              f"on {device}; data: {data.info['n_calib']} calibration / {data.info['n_eval']} evaluation blocks of {args.seq_len} tokens")
     return model, tok, data, man, log
@@ -152,20 +158,33 @@ def main(argv:list|None=None # command-line arguments (default sys.argv[1:])
     "The `esa-baseline` command."
     argv = sys.argv[1:] if argv is None else argv
     args = baseline_parser().parse_args(argv)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise EsaError("esa-baseline runs as a single process; under torchrun every rank would write the same files. "
-                       "Run it without torchrun, or use esa-runner, which shares the evaluation blocks among the ranks.")
+    tr = torchrun_env(strict=False)  # garbled torchrun variables are refused here
+    if tr and tr["WORLD_SIZE"] > 1:
+        stale = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in tr]
+        raise EsaError(f"esa-baseline runs as a single process, but WORLD_SIZE={tr['WORLD_SIZE']} says this is one of several: under "
+                       "torchrun every rank would write the same files. Run it without torchrun, or use esa-runner, which shares the "
+                       "evaluation blocks among the ranks." + (f" No torchrun started this process ({', '.join(stale)} are unset): the "
+                       "variables are left over from another job; unset them (`unset RANK WORLD_SIZE LOCAL_RANK MASTER_ADDR MASTER_PORT`)."
+                       if stale else ""))
+    parse_int_list(args.seed, "--seed")
     if args.out_dir is None: args.out_dir = f"outputs/baseline/{model_slug(args.model)}/{args.profile}"
     n_eval = args.max_samples if args.max_samples is not None else PROFILES[args.profile]
     if args.max_samples is not None and args.max_samples <= 0:
         raise EsaError(f"--max-samples must be a positive number of blocks (got {args.max_samples}).")
     model, tok, data, man, log = start_run(args, "esa-baseline", max_eval=n_eval, max_samples=None, seed=args.seed,
-                                           argv=["esa-baseline", *argv])
+                                           argv=["esa-baseline", *argv],
+                                           eval_flag="--max-samples" if args.max_samples is not None else f"--profile {args.profile}")
     man.update(seeds=[args.seed])
-    with man.phase("baseline"):
-        res = run_baseline(model, data, args.batch_size, progress=not args.no_progress)
-    write_json(Path(args.out_dir)/"baseline_metrics.json", res)
-    man.write()
+    try:
+        with man.phase("baseline"):
+            res = run_baseline(model, data, args.batch_size, progress=not args.no_progress)
+        write_json(Path(args.out_dir)/"baseline_metrics.json", res)
+        man.write()
+    except BaseException as e:
+        man.update(error=f"{type(e).__name__}: {e}"[:2000])
+        with contextlib.suppress(OSError): man.write("interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
+        raise
+    finally: man.lock.release()
     print(f"baseline: ppl {res['ppl']:.3f}  nll {res['nll']:.4f}  token accuracy {res['token_accuracy']:.2%}  "
           f"({res['n_tokens']} tokens in {res['n_blocks']} blocks)")
     print(f"results in {args.out_dir}")

@@ -10,16 +10,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from scipy import stats as sps
 
-from .core import EsaError, cli_entry, prepare_out_dir, sha256_json, write_json
+from .core import EsaError, claim_out_dir, cli_entry, sha256_json, write_json
 from .stats import jaccard
 from .store import model_identity, scores_at
-from .rundir import Run, write_csv
+from .rundir import Run, write_csv, read_run_file
 
 # %% auto #0
-__all__ = ['spearman_all', 'agreement', 'compare_parser', 'compare_main']
+__all__ = ['spearman_all', 'open_run', 'check_score_file_readable', 'agreement', 'compare_parser', 'compare_main']
 
 # %% ../nbs/17_compare.ipynb #2b899751
 def _sample_positions(shapes:dict, n:int, seed:int)->dict:
@@ -57,6 +58,41 @@ def spearman_all(file_a:Path, # a score file (safetensors, `score/<name>` tensor
     return {"rho": float(rho), "n": len(xa), "exact": all(p is None for p in pos.values())}
 
 # %% ../nbs/17_compare.ipynb #6588fc31
+_TOP_COLS = ("rank", "tensor", "flat")  # the columns of top_weights.csv that agreement needs
+_JSON_FILES = ("sensitivity_stats.json", "perturbation_results.json", "stability_summary.json", "superweight_candidates.json",
+               "baseline_metrics.json", "experiment_manifest.json")
+
+def open_run(path:str|Path # an esa-runner run directory
+            )->Run:
+    "The run at `path`, with its JSON files and top_weights.csv checked; a damaged file is an `EsaError` naming it."
+    path = Path(path)
+    for n in _JSON_FILES:
+        v = read_run_file(path/n)  # invalid JSON is already an EsaError naming the file
+        if v is not None and not isinstance(v, dict):
+            raise EsaError(f"{path/n} holds a JSON {type(v).__name__}, not the object esa-runner writes; the file is damaged. Rerun that "
+                           "run (esa-runner --overwrite), or restore the file.")
+    try: run = Run(path)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        raise EsaError(f"{path/'top_weights.csv'} cannot be read as CSV ({type(e).__name__}: {str(e).splitlines()[0][:150]}); the file is "
+                       "damaged. Rerun that run (esa-runner --overwrite), or restore the file.") from None
+    miss = [c for c in _TOP_COLS if c not in run.top_all.columns]
+    if miss and len(run.top_all.columns):
+        raise EsaError(f"{path/'top_weights.csv'} lacks the column(s) {', '.join(miss)} that esa-runner writes (it has "
+                       f"{', '.join(map(str, run.top_all.columns[:8]))}); it is not an esa-runner top-weights table. Rerun that run, or restore the file.")
+    return run
+
+def check_score_file_readable(p:Path # a score file
+                             )->Path:
+    "Refuse a score file that is truncated, not safetensors, or holds no scores (checks the header and size only)."
+    from safetensors import safe_open
+    try:
+        with safe_open(str(p), framework="pt") as f: n = sum(k.startswith("score/") for k in f.keys())
+    except Exception as e:
+        raise EsaError(f"{p} is not a readable score file: it is truncated or not a safetensors file ({str(e)[:120]}). "
+                       f"Recompute it (rerun that run's profiling with esa-runner --overwrite), or delete it to compare top-k sets only.") from None
+    if not n: raise EsaError(f"{p} holds no score tensors (score/<weight>); it was not written by esa-runner. Delete it, or rerun that run.")
+    return p
+
 def _run_topk(run:Run, k:int|None)->set:
     "The run's (first seed's) top-k set; with k, the first k overall (global) or of every tensor (per_layer)."
     if k is None: return run.key_set(run.max_k)
@@ -99,11 +135,13 @@ def agreement(run_dirs:list, # esa-runner run directories
               max_weights:int=1 << 20, # Spearman over all weights: exact up to this many, else a uniform sample
              )->dict:
     "Jaccard of the top-k sets, Spearman's ρ over all weights, and (biased, secondary) on the union of the top-k sets."
-    runs = [Run(d) for d in run_dirs]
+    runs = [open_run(d) for d in run_dirs]
     if len(runs) < 2: raise EsaError("esa-compare needs at least two run directories.")
     sets = [_run_topk(r, k) for r in runs]
     _check_comparable(runs, sets, k)
     files, union = [_score_file(r) for r in runs], sorted(set().union(*sets))
+    for f in files:
+        if f is not None: check_score_file_readable(f)
     rho = lambda i, j: None if files[i] is None or files[j] is None else spearman_all(files[i], files[j], max_weights)["rho"]
     return {"runs": [f"{r.metric}:{r.mode}:{r.path.name}" for r in runs], "dirs": [str(r.path) for r in runs], "k": k,
             "union_size": len(union), "jaccard": _matrix(len(runs), lambda i, j: jaccard(sets[i], sets[j])),
@@ -129,14 +167,17 @@ def compare_main(argv:list|None=None # command-line arguments
     a = compare_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if a.topk is not None and a.topk <= 0: raise EsaError(f"--topk must be positive (got {a.topk}).")
     res = agreement(a.runs, a.topk)
-    out = prepare_out_dir(a.out_dir, a.overwrite)
-    write_json(out/"agreement.json", res)
-    for m in ("jaccard", "spearman", "spearman_union"):
-        write_csv(out/f"agreement_{m}.csv", [{"run": r, **{c: res[m][i][j] for j, c in enumerate(res["runs"])}}
-                                             for i, r in enumerate(res["runs"])])
-    if a.save_plots:
-        from esa_nb.plots import save_agreement_plot
-        save_agreement_plot(out, res)
+    lock = claim_out_dir(a.out_dir, a.overwrite)  # after reading the runs: a refused comparison writes nothing
+    out = lock.dir
+    try:
+        write_json(out/"agreement.json", res)
+        for m in ("jaccard", "spearman", "spearman_union"):
+            write_csv(out/f"agreement_{m}.csv", [{"run": r, **{c: res[m][i][j] for j, c in enumerate(res["runs"])}}
+                                                 for i, r in enumerate(res["runs"])])
+        if a.save_plots:
+            from esa_nb.plots import save_agreement_plot
+            save_agreement_plot(out, res)
+    finally: lock.release()
     for i, r in enumerate(res["runs"]):
         print(f"{r:<45} " + " ".join(f"{x:.2f}" for x in res["jaccard"][i]))
     print(f"agreement written to {out}")

@@ -54,13 +54,14 @@ _OS_HINTS = {
 def os_error_message(e:BaseException # an exception, usually an OSError
                     )->str|None:
     "One paragraph for an OSError a person can fix (long name, full disk, no permission, read-only disk), naming the path; None otherwise."
-    first, x = None, e
+    errs, x = [], e
     while x is not None:  # the earliest such error: writing the failure record may fail the same way
-        if isinstance(x, OSError) and x.errno in _OS_HINTS: first = x
+        if isinstance(x, OSError) and x.errno in _OS_HINTS: errs.append(x)
         x = x.__context__
-    if first is None: return None
+    if not errs: return None
+    first = errs[-1]  # a file object's close may fail again after its write did: the path is on the later error
     what, todo = _OS_HINTS[first.errno]
-    where = first.filename if first.filename is not None else "a file"
+    where = next((x.filename for x in reversed(errs) if x.filename is not None and x.errno == first.errno), "a file")
     return f"{what}: cannot write {where} ({first.strerror or first}). {todo[0].upper()}{todo[1:]}."
 
 def cli_entry(fn:Callable # a `main(argv)` function
@@ -119,6 +120,12 @@ def _named(e:OSError, path:Path, tmp=None)->OSError:
     if e.filename is None or (tmp is not None and str(e.filename) == str(tmp)): e.filename = str(path)
     return e
 
+def _os_error_in(e:BaseException)->OSError|None:
+    "The OSError inside a library's own exception (safetensors reports a full disk as 'I/O error: ... (os error 28)'), or None."
+    if isinstance(e, OSError): return e
+    m = re.search(r"\(os error (\d+)\)", str(e))
+    return OSError(int(m[1]), os.strerror(int(m[1]))) if m else None
+
 def _mkstemp(path:Path)->tuple[int, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     try: return tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
@@ -170,7 +177,10 @@ def atomic_path(path:str|Path # final destination
         finally: os.close(fd)
         _umask_mode(tmp)
         os.replace(tmp, path)
-    except OSError as e: raise _named(e, path, tmp)
+    except Exception as e:
+        err = _os_error_in(e)
+        if err is None: raise
+        raise _named(err, path, tmp) from (None if err is e else e)
     finally:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
 
@@ -198,7 +208,8 @@ def check_path_length(path:str|Path, # a path to be created
     n_max, p_max = _name_max(path)
     for part in path.parts:
         if len(os.fsencode(part)) > n_max:
-            raise EsaError(f"{flag} {path}: the name {part[:40]}... is {len(os.fsencode(part))} bytes long, but this file system allows "
+            short = str(path).replace(part, part[:40] + "...")
+            raise EsaError(f"{flag} {short}: the name {part[:40]}... is {len(os.fsencode(part))} bytes long, but this file system allows "
                            f"at most {n_max} bytes per file or directory name. Choose a shorter name.")
     if len(os.fsencode(str(path.absolute()))) >= p_max:
         raise EsaError(f"{flag} {str(path)[:80]}...: the path is {len(os.fsencode(str(path.absolute())))} bytes long, but this file "
@@ -261,21 +272,31 @@ class RunLock:
         try: return not h and time.time() - self.file.stat().st_mtime > 10
         except OSError: return False
 
+    def _busy(self, take_stale:bool)->RunLock:
+        "The lock exists: take it over if stale and allowed, else raise `EsaError` naming its holder."
+        h = self._holder(); pid, host = h.get("pid"), h.get("host")
+        stale = (host == platform.node() and isinstance(pid, int) and not _alive(pid)) or self._unreadable_stale(h)
+        if stale and take_stale:
+            logging.getLogger("esa_nb").warning(f"taking over the stale lock {self.file} of process {pid}, which no longer runs")
+            self.file.unlink(missing_ok=True); return self.acquire()
+        who = f"of process {pid} on {host}, which no longer runs (it was killed)" if h else "that is empty or unreadable (its process was killed while creating it)"
+        if stale: raise EsaError(f"--out-dir {self.dir} holds a stale lock ({self.file}) {who}. Pass --overwrite to take it over, "
+                                 "or delete the lock file.")
+        raise EsaError(f"--out-dir {self.dir} is in use by another run (process {pid} on {host}, started {h.get('started')}). "
+                       "Wait for it to finish or choose another directory.")
+
     def acquire(self, take_stale:bool=False # take over a lock whose process no longer runs on this host
                )->RunLock:
-        "Claim the directory, or raise `EsaError` naming the run that holds it."
-        self.dir.mkdir(parents=True, exist_ok=True)
-        try: fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            h = self._holder(); pid, host = h.get("pid"), h.get("host")
-            stale = (host == platform.node() and isinstance(pid, int) and not _alive(pid)) or self._unreadable_stale(h)
-            if stale and take_stale:
-                logging.getLogger("esa_nb").warning(f"taking over the stale lock {self.file} of process {pid}, which no longer runs")
-                self.file.unlink(missing_ok=True); return self.acquire()
-            if stale: raise EsaError(f"--out-dir {self.dir} holds a stale lock ({self.file}) of process {pid} on {host}, which no "
-                                     "longer runs (it was killed). Pass --overwrite to take it over, or delete the lock file.") from None
-            raise EsaError(f"--out-dir {self.dir} is in use by another run (process {pid} on {host}, started {h.get('started')}). "
-                           "Wait for it to finish or choose another directory.") from None
+        "Claim the directory, or raise `EsaError` naming the run that holds it (or saying why it cannot be written)."
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError as e:
+            if self.file.exists(): return self._busy(take_stale)
+            raise EsaError(f"--out-dir {self.dir} is not writable ({e.strerror}: {e.filename}). Choose a directory you can write to.") from None
+        except OSError as e:
+            raise EsaError(f"--out-dir {self.dir} is not writable ({e.strerror or e}: {e.filename or self.dir}). "
+                           "Choose a directory you can write to.") from None
         try:
             with os.fdopen(fd, "w") as f: json.dump({"pid": os.getpid(), "host": platform.node(), "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}, f)
         except BaseException as e:  # a half-written lock would block the directory for good

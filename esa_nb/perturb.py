@@ -17,10 +17,10 @@ from .core import EsaError
 from .topk import TopK, select_seeded, seeded_sweep
 
 # %% auto #0
-__all__ = ['METHODS', 'NOISE_KINDS', 'BIT_NAMES', 'FLOAT_BITS', 'bits_view', 'tensor_checksum', 'check_selection', 'FloatBits',
-           'resolve_bit', 'bit_masks', 'check_method_args', 'PerturbSettings', 'Perturbation', 'apply_perturbation',
-           'restore', 'perturbed', 'changeable', 'random_k', 'matched_random', 'bottom_k', 'bottom_sweep', 'Matched',
-           'matched_k']
+__all__ = ['METHODS', 'NOISE_KINDS', 'BIT_NAMES', 'FLOAT_BITS', 'bits_view', 'tensor_checksum', 'touched_checksum',
+           'check_selection', 'FloatBits', 'resolve_bit', 'bit_masks', 'check_method_args', 'PerturbSettings',
+           'Perturbation', 'apply_perturbation', 'restore', 'perturbed', 'changeable', 'random_k', 'matched_random',
+           'bottom_k', 'bottom_sweep', 'Matched', 'matched_k']
 
 # %% ../nbs/09_perturb.ipynb #2dc6edc0
 _INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -49,6 +49,17 @@ def tensor_checksum(t:torch.Tensor, # tensor to check (any device, any shape)
         s2 += v.remainder(_P).mul_(w).remainder_(_P).sum()  # out of place first: for 8-byte data `v` IS the tensor's storage
         s2.remainder_(_P)
     return int(s1), int(s2)
+
+# %% ../nbs/09_perturb.ipynb #d15c13cf
+def touched_checksum(p:torch.Tensor, # a parameter
+                     idx:torch.Tensor, # the flat indices written
+                     verify:str="rows", # 'rows': the rows holding idx; 'tensor': the whole tensor
+                    )->tuple:
+    "`tensor_checksum` of the rows of `p` (its last dimension) that hold the flat indices `idx`, with the row numbers; or of all of `p`."
+    if verify == "tensor" or p.ndim < 2: return tensor_checksum(p)
+    x = p.detach().reshape(-1, p.shape[-1])
+    rows = torch.unique(torch.as_tensor(idx, device=x.device) // p.shape[-1])
+    return (tuple(rows.tolist()), tensor_checksum(x.index_select(0, rows)))
 
 # %% ../nbs/09_perturb.ipynb #99392fe8
 def _as_params(params # a dict of name -> tensor, or an nn.Module
@@ -199,6 +210,7 @@ class Perturbation:
     checksums: dict = field(default_factory=dict, repr=False)  # name -> tensor_checksum before the change
     layout: dict = field(default_factory=dict, repr=False)  # name -> (data_ptr, dtype, numel) to detect replaced tensors
     restored: bool = False
+    verify: str = "tensor" # what the checksum covers: the whole tensor, or only the touched rows
 
 def _as_generator(generator # a torch.Generator, an int seed, or None
                  )->torch.Generator|None:
@@ -277,6 +289,7 @@ def apply_perturbation(params:Mapping[str, torch.Tensor]|torch.nn.Module, # name
                        noise:str="relative", # gauss_noise: 'relative' or 'absolute'
                        generator:torch.Generator|int|None=None, # RNG for gauss_noise/bit_flip: a Generator, an int seed, or None (torch's global RNG)
                        settings:PerturbSettings|None=None, # the perturbation as one object, instead of method/scale/prob/bit/noise
+                       verify:str="tensor", # after restoring, checksum each whole 'tensor' or only its touched 'rows'
                       )->Perturbation:
     "Perturb the selected entries in place, saving their original bits; undo with `restore`."
     s = _settings_of(method, scale, prob, bit, noise, settings)
@@ -296,11 +309,12 @@ def apply_perturbation(params:Mapping[str, torch.Tensor]|torch.nn.Module, # name
     if s.method == "bit_flip":
         record["n_flipped"] = 0
         record["flips"] = {"tensor": [], "index": [], "bit": [], "old": [], "new": [], "old_bits": [], "new_bits": []}
-    state = Perturbation(record=record)
+    if verify not in ("rows", "tensor"): raise EsaError(f"verify must be 'rows' or 'tensor', got {verify!r}.")
+    state = Perturbation(record=record, verify=verify)
     with torch.no_grad():
         for n in names:
             p = params[n]
-            state.checksums[n] = tensor_checksum(p)
+            state.checksums[n] = touched_checksum(p, sel[n], verify)
             state.layout[n] = (p.data_ptr(), p.dtype, p.numel())
             state.saved.append((n, p, sel[n], bits_view(p.detach().view(-1))[sel[n]].clone()))
     try:
@@ -326,7 +340,7 @@ def apply_perturbation(params:Mapping[str, torch.Tensor]|torch.nn.Module, # name
 # %% ../nbs/09_perturb.ipynb #0dec25c9
 def restore(state:Perturbation # what `apply_perturbation` returned
            )->None:
-    "Write the saved original bits back, then verify every touched tensor with its checksum (`RuntimeError` if not bit-identical)."
+    "Write the saved original bits back, then verify them with the checksum taken before (`RuntimeError` if not bit-identical)."
     if state.restored: return
     replaced = []
     with torch.no_grad():
@@ -337,7 +351,7 @@ def restore(state:Perturbation # what `apply_perturbation` returned
     if replaced:
         raise RuntimeError(f"parameter(s) {', '.join(replaced)} were replaced or re-allocated while perturbed (dtype, size or storage "
                            "changed), so their original values cannot be restored in place. Reload the model.")
-    bad = [n for n, p, _, _ in state.saved if tensor_checksum(p) != state.checksums[n]]
+    bad = [n for n, p, idx, _ in state.saved if touched_checksum(p, idx, state.verify) != state.checksums[n]]
     if bad:
         raise RuntimeError(f"after restoring, {len(bad)} tensor(s) are not bit-identical to their state before the perturbation: "
                            f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. Something outside the selected entries changed them; "
@@ -353,9 +367,11 @@ def perturbed(params:Mapping[str, torch.Tensor]|torch.nn.Module, # name -> param
               noise:str="relative", # gauss_noise: 'relative' or 'absolute'
               generator:torch.Generator|int|None=None, # RNG for gauss_noise/bit_flip: a Generator, an int seed, or None (torch's global RNG)
               settings:PerturbSettings|None=None, # the perturbation as one object, instead of method/scale/prob/bit/noise
+              verify:str="tensor", # after restoring, checksum each whole 'tensor' or only its touched 'rows'
              )->Iterator[dict]:
     "Perturb the selection for the duration of a `with` block, yielding the record; restore and verify bit-identity on exit."
-    state = apply_perturbation(params, selection, method, scale=scale, prob=prob, bit=bit, noise=noise, generator=generator, settings=settings)
+    state = apply_perturbation(params, selection, method, scale=scale, prob=prob, bit=bit, noise=noise, generator=generator,
+                               settings=settings, verify=verify)
     try: yield state.record
     finally: restore(state)
 

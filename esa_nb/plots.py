@@ -21,7 +21,7 @@ from .stats import as_float
 # %% auto #0
 __all__ = ['log', 'SUPER', 'RANDOM', 'BOTTOM', 'MATCHED', 'CONDITIONS', 'CONDITION_LABELS', 'CONDITION_COLORS', 'KIND_ORDER',
            'WIDTH', 'chart_rows', 'save_chart', 'sensitivity_distribution', 'group_stats', 'layer_comparison',
-           'sensitivity_heatmap', 'baseline_blocks', 'perturbation_effects', 'stability_analysis',
+           'sensitivity_heatmap', 'expert_heatmap', 'baseline_blocks', 'perturbation_effects', 'stability_analysis',
            'weight_distribution', 'dose_response', 'agreement_matrix', 'save_agreement_plot', 'save_run_plots']
 
 # %% ../nbs/14_plots.ipynb #329cc17a
@@ -261,6 +261,55 @@ def sensitivity_heatmap(layer_kind:list[dict], # `layer_kind_summary` rows (laye
     right = mx.properties(width=w, height=h, title=_title(f"Largest {metric} score per cell", "log colour scale"))
     return alt.hconcat(left, right).resolve_scale(color="independent").properties(
         title=_title(f"Where the {kl} {metric} weights are", "Rows: transformer blocks (non-block = embeddings and head); columns: module kind."))
+
+# %% ../nbs/14_plots.ipynb #eb61d4ee
+def _finite(v)->float|None:
+    "A finite float, or None (strict JSON has no NaN or Infinity)."
+    x = as_float(v)
+    return x if x is not None and math.isfinite(x) else None
+
+def expert_heatmap(experts:list[dict]|None, # `weights.expert_summary` rows (layer, expert, n, sum, mean, max, topk_count)
+                   metric:str="score", # metric name, for the titles
+                   topk:int|None=None, # k, for the titles
+                   load:list[dict]|None=None, # `superweight.router_load` rows (layer, expert, tokens, share, balanced_share)
+                   cell:int=16, # cell size in pixels
+                  )->alt.HConcatChart:
+    "Top-k count, largest score and router load per (block, expert) of an MoE model, side by side."
+    rows = {}
+    for r in experts or []:
+        rows[(_layer_label(r.get("layer")), int(r["expert"]))] = {
+            "topk_count": int(r.get("topk_count") or 0), "max": _finite(r.get("max")), "mean": _finite(r.get("mean")), "n": int(r.get("n") or 0)}
+    for r in load or []:
+        rows.setdefault((_layer_label(r.get("layer")), int(r["expert"])), {}).update(share=_finite(r.get("share")), tokens=int(r.get("tokens") or 0))
+    if not rows: raise EsaError("no layer × expert rows to plot.")
+    data = alt.InlineData(values=[{"layer": l, "expert": e, **v} for (l, e), v in rows.items()])  # MoE grids can exceed 5,000 cells
+    ys, E = _layer_sort(l for l, _ in rows), max(e for _, e in rows) + 1
+    h, w = cell * len(ys), max(cell * E, 120)
+    X = alt.X("expert:O", title="expert", axis=alt.Axis(orient="top", labelAngle=0, labelOverlap=True))
+    Y = alt.Y("layer:O", sort=ys, title="transformer block")
+    tip = [alt.Tooltip("layer:N", title="block"), alt.Tooltip("expert:O")]
+    kl, panels = f"top-{topk}" if topk else "top-k", []
+    if experts:
+        t = tip + [alt.Tooltip("topk_count:Q", title="top-k entries"), alt.Tooltip("max:Q", title="max score", format=".3e"),
+                   alt.Tooltip("mean:Q", title="mean score", format=".3e"), alt.Tooltip("n:Q", title="weights", format=",")]
+        base = alt.Chart(data).transform_filter("isValid(datum.topk_count)").encode(x=X, y=Y, tooltip=t)
+        cnt = base.mark_rect(stroke="white", strokeWidth=0.5).encode(color=alt.condition(
+            "datum.topk_count > 0", alt.Color("topk_count:Q", scale=alt.Scale(scheme="reds", domainMin=0), title="top-k entries"), alt.value("#f4f4f4")))
+        if E * len(ys) <= 400: cnt = cnt + base.transform_filter("datum.topk_count > 0").mark_text(fontSize=9).encode(text="topk_count:Q")
+        panels.append(cnt.properties(width=w, height=h, title=_title(f"{kl} entries per expert")))
+        if any(v.get("max") and v["max"] > 0 for v in rows.values()):
+            panels.append(alt.Chart(data).transform_filter("datum.max > 0").mark_rect(stroke="white", strokeWidth=0.5).encode(
+                x=X, y=Y, tooltip=t, color=alt.Color("max:Q", scale=alt.Scale(type="log", scheme="viridis"), title="max score",
+                                                      legend=alt.Legend(format=".0e"))
+            ).properties(width=w, height=h, title=_title(f"Largest {metric} score per expert", "log colour scale")))
+    if load:
+        bal = next((as_float(r.get("balanced_share")) for r in load if r.get("balanced_share")), 1 / E)
+        panels.append(alt.Chart(data).transform_filter("isValid(datum.share)").mark_rect(stroke="white", strokeWidth=0.5).encode(
+            x=X, y=Y, tooltip=tip + [alt.Tooltip("share:Q", format=".1%"), alt.Tooltip("tokens:Q", format=",")],
+            color=alt.Color("share:Q", scale=alt.Scale(scheme="blues", domainMin=0), title="router share", legend=alt.Legend(format=".0%"))
+        ).properties(width=w, height=h, title=_title("Router load", f"share of the calibration tokens' routing; balanced = {bal:.1%}")))
+    return alt.hconcat(*panels).resolve_scale(color="independent").properties(title=_title(
+        f"Where the {kl} {metric} weights are among the experts", "Rows: transformer blocks; columns: experts of the MoE layer."))
 
 # %% ../nbs/14_plots.ipynb #a852517a
 def baseline_blocks(baseline:dict, # baseline_metrics.json: block_nll_sum, block_tokens, nll, ppl

@@ -56,7 +56,10 @@ def runbook_summary(path:Path # a runbook notebook
                    )->str:
     "The runbook's one-line summary (the `> ...` line under its title)."
     import nbformat
-    nb = nbformat.read(str(path), as_version=4)
+    try: nb = nbformat.read(str(path), as_version=4)
+    except Exception as e:
+        raise EsaError(f"{path} is not a readable notebook ({type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}); "
+                       "repair or remove it.") from None
     for c in nb.cells:
         if c.cell_type == "markdown":
             m = re.search(r"^>\s*(\S.*)$", c.source, flags=re.M)
@@ -71,7 +74,9 @@ def runbook_parameters(path:Path # a runbook notebook
     "papermill's view of the `parameters` cell: name -> {name, inferred_type_name, default, help}."
     import papermill as pm
     try: params = pm.inspect_notebook(str(path))
-    except Exception as e: raise EsaError(f"cannot read the parameters of {path}: {e}") from None
+    except Exception as e:
+        raise EsaError(f"cannot read the parameters of {path} ({type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}); "
+                       "a runbook must be a valid Jupyter notebook with a cell tagged 'parameters'. Repair or remove it.") from None
     if not params: raise EsaError(f"{path} has no cell tagged 'parameters', so it cannot be run as a report.")
     return params
 
@@ -225,12 +230,25 @@ def _last_stderr(nb_path:Path # an executed notebook with a failed cell
             return lines[-1] if lines else ""
     return ""
 
+_USAGE = ("EsaError", "PeerFailure")  # errors of a cell that mean bad input, not a failed analysis
+
+def _check_kernel(kernel:str # Jupyter kernel name
+                 ):
+    "Refuse a kernel name that Jupyter does not know, before anything is written."
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    try: KernelSpecManager().get_kernel_spec(kernel)
+    except NoSuchKernel:
+        names = ", ".join(sorted(KernelSpecManager().find_kernel_specs())) or "none"
+        raise EsaError(f"no Jupyter kernel named {kernel!r} (installed: {names}). Pass one of those with --kernel, or install one for "
+                       f"this environment with `{sys.executable} -m ipykernel install --sys-prefix --name {kernel}`.") from None
+
 class RunbookFailed(EsaError):
-    "A runbook cell raised; the executed notebook (and HTML) show where. `paths` holds the report files."
+    "A runbook cell raised; the executed notebook (and HTML) show where. `paths` holds the report files; `code` is the exit code (2: bad input, 1: a failed analysis)."
     def __init__(self, msg:str, # what failed, and where to look
                  paths:dict, # the report files written: notebook, html, results, out_dir
+                 code:int=1, # 2 when the cell stopped on bad input (an EsaError or exit code 2), else 1
                 ):
-        super().__init__(msg); self.paths = paths
+        super().__init__(msg); self.paths, self.code = paths, code
 
 def default_report_dir(name:str, # runbook name
                        parameters:dict, # the parameters given
@@ -266,6 +284,7 @@ def run_report(runbook:str|Path, # runbook name ('phase2_profiling') or path of 
     check_not_in_sources(out, "the report directory")
     if "out_dir" in params and params["out_dir"]: check_not_in_sources(params["out_dir"], "out_dir")
     if html: _need_nbconvert()
+    _check_kernel(kernel)
     out = prepare_out_dir(out, overwrite).resolve()
     if "out_dir" in spec: params["out_dir"] = str(Path(params["out_dir"]).resolve() if params.get("out_dir") else out/"results")
     if "overwrite" in spec and overwrite and "overwrite" not in params: params["overwrite"] = True
@@ -289,8 +308,9 @@ def run_report(runbook:str|Path, # runbook name ('phase2_profiling') or path of 
         if failed.ename == "SystemExit":  # a command's main exited: its own message is the cell's last stderr line
             last = _last_stderr(nb_out)
             if last: why += f" ({last})"
+        usage = failed.ename in _USAGE or (failed.ename == "SystemExit" and str(failed.evalue).strip() == "2")
         raise RunbookFailed(f"runbook {name} failed in cell {failed.exec_count}: {why}. "
-                            f"The executed notebook shows the traceback: {where}", paths)
+                            f"The executed notebook shows the traceback: {where}", paths, 2 if usage else 1)
     return paths
 
 # %% ../nbs/18_report.ipynb #6a4b2d73
@@ -316,9 +336,12 @@ def main(argv:list|None=None # command-line arguments (default sys.argv[1:])
     "The `esa-report` command."
     a = report_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if a.list:
-        books = list_runbooks()
-        for n, p in books.items(): print(f"{n:<22} {runbook_summary(p)}")
+        books, bad = list_runbooks(), []
+        for n, p in books.items():
+            try: print(f"{n:<22} {runbook_summary(p)}")
+            except EsaError as e: bad.append(str(e))
         if not books: print("no runbooks found", file=sys.stderr)
+        if bad: raise EsaError(f"{len(bad)} runbook(s) cannot be read: " + " ".join(bad))
         return
     if not a.runbook:
         raise EsaError("name a runbook: " + (", ".join(list_runbooks()) or "none found") + " (or a notebook path); --list describes them.")
@@ -332,8 +355,8 @@ def main(argv:list|None=None # command-line arguments (default sys.argv[1:])
         paths = run_report(path, a.out_dir, dict(a.parameters), kernel=a.kernel, html=not a.no_html, overwrite=a.overwrite,
                            progress=not a.no_progress)
     except RunbookFailed as e:
-        print(f"esa-report: {e}", file=sys.stderr)
-        raise SystemExit(1)
+        print(f"esa-report: {'error: ' if e.code == 2 else ''}{e}", file=sys.stderr)
+        raise SystemExit(e.code)
     print(f"executed notebook: {paths['notebook']}")
     if paths["html"]: print(f"HTML report:       {paths['html']}")
     if paths["results"]: print(f"results:           {paths['results']}")

@@ -60,14 +60,16 @@ def top_weights_rows(sets:dict, # seed -> `TopK` (rank order)
                      refs:dict, # name -> WeightRef
                      raw:dict|None=None, # the first seed's raw Hessian diagonal (Hessian metrics)
                     )->list[dict]:
-    "Rows of `top_weights.csv`: rank, tensor, layer, kind, row, col, flat, score, weight, [hessian_diag], seed, n_seeds_selected, consensus_rank."
+    "Rows of `top_weights.csv`: rank, tensor, layer, kind, expert, row, col, flat, score, weight, [hessian_diag], seed, n_seeds_selected, consensus_rank."
     n, cons = _consensus(sets)
     rows, first = [], next(iter(sets))
     for seed, tk in sets.items():
         for rank, (name, f, s) in enumerate(zip(tk.names, tk.flat.tolist(), tk.scores.tolist()), 1):
             ref = refs[name]
             r, c = (int(v) for v in ref.coords(torch.tensor(f)))
-            row = {"rank": rank, "tensor": name, "layer": ref.layer, "kind": ref.kind, "row": r, "col": c, "flat": f, "score": s,
+            e = ref.expert_of(torch.tensor(f))
+            row = {"rank": rank, "tensor": name, "layer": ref.layer, "kind": ref.kind, "expert": None if e is None else int(e),
+                   "row": r, "col": c, "flat": f, "score": s,
                    "weight": float(ref.param.detach().reshape(-1)[f])}
             if raw is not None: row["hessian_diag"] = float(raw[name].reshape(-1)[f]) if seed == first else None
             row.update(seed=seed, n_seeds_selected=n[(name, f)], consensus_rank=cons[(name, f)])
@@ -95,7 +97,7 @@ class Run:
         self.sensitivity, self.perturbation, self.stability_summary = r("sensitivity_stats.json"), r("perturbation_results.json"), r("stability_summary.json")
         self.superweights, self.baseline, self.manifest = r("superweight_candidates.json"), r("baseline_metrics.json"), r("experiment_manifest.json")
         top = pd.read_csv(self.path/"top_weights.csv") if (self.path/"top_weights.csv").stat().st_size else pd.DataFrame(
-            columns=["rank", "tensor", "layer", "kind", "row", "col", "flat", "score", "weight"])
+            columns=["rank", "tensor", "layer", "kind", "expert", "row", "col", "flat", "score", "weight"])
         # every seed's rows (`top_all`); the run's top-k is the first seed's
         self.top_all = top
         self.top = top[top["seed"] == top["seed"].iloc[0]].reset_index(drop=True) if "seed" in top and len(top) else top
@@ -195,21 +197,25 @@ def stability_pairs(st:dict # stability_summary.json
     return pd.DataFrame([{"seed a": str(a), "seed b": str(b), "Jaccard": as_float(j), "Spearman ρ": as_float(rho.get((str(a), str(b))))}
                          for a, b, j in st.get("pairs") or []])
 
-_CAND_COLS = ["layer", "name", "row", "col", "primary", "weight_value", "input_spike", "output_spike", "score", "rank", "rank_in_tensor"]
+def _drop_empty_expert(df:pd.DataFrame)->pd.DataFrame:
+    "Without the `expert` column when no row has one (a dense model)."
+    return df.drop(columns="expert") if "expert" in df and df["expert"].isna().all() else df
+
+_CAND_COLS = ["layer", "name", "expert", "row", "col", "primary", "weight_value", "input_spike", "output_spike", "score", "rank", "rank_in_tensor"]
 
 def candidates_table(sw:dict # superweight_candidates.json
                     )->pd.DataFrame:
     "The super-weight candidates of the activation scan (empty when no layer's spikes passed the threshold)."
-    df = pd.DataFrame(sw.get("candidates") or [])
-    if df.empty: return pd.DataFrame(columns=_CAND_COLS)
+    df = _drop_empty_expert(pd.DataFrame(sw.get("candidates") or []))
+    if df.empty: return pd.DataFrame(columns=[c for c in _CAND_COLS if c != "expert"])
     return df[[c for c in _CAND_COLS if c in df] + [c for c in df if c not in _CAND_COLS]]
 
 # %% ../nbs/13_rundir.ipynb #4155f249
 def scan_table(sw:dict # superweight_candidates.json
               )->pd.DataFrame:
-    "Per MLP down-projection: the largest input and output activations and their channels."
-    cols = ["layer", "name", "max_abs_input", "input_channel", "max_abs_output", "output_channel"]
-    df = pd.DataFrame(sw.get("layers") or [])
+    "Per MLP down-projection (per expert in an MoE block): the largest input and output activations and their channels."
+    cols = ["layer", "name", "expert", "n_tokens", "max_abs_input", "input_channel", "max_abs_output", "output_channel"]
+    df = _drop_empty_expert(pd.DataFrame(sw.get("layers") or []))
     return df[[c for c in cols if c in df]] if not df.empty else pd.DataFrame(columns=cols)
 
 def score_tables(st:dict # sensitivity_stats.json
@@ -239,6 +245,19 @@ def block_table(b:dict # baseline_metrics.json
                          "mean NLL": [a / t if t else math.nan for a, t in zip(nll, tok)]})
 
 # %% ../nbs/13_rundir.ipynb #66586f5d
+def _expert_rows(run:Path, # a run directory
+                 st:dict|None, # its sensitivity_stats.json
+                )->list[dict]:
+    "Per (layer, expert) rows for the expert heatmap: the run's `experts` summary, else top-k counts from top_weights.csv."
+    if (st or {}).get("experts"): return st["experts"]
+    p = run/"top_weights.csv"
+    if not p.is_file() or not p.stat().st_size: return []
+    top = pd.read_csv(p)
+    if "expert" not in top or top["expert"].isna().all(): return []
+    top = top[top["seed"] == top["seed"].iloc[0]] if "seed" in top else top
+    g = top.dropna(subset=["expert"]).groupby(["layer", "expert"]).size()
+    return [{"layer": int(l), "expert": int(e), "topk_count": int(n)} for (l, e), n in g.items()]
+
 def run_charts(run_dir:str|Path, # a run directory (or a comparison directory holding agreement.json)
                metric:str|None=None, # metric name for the titles (default: from the run's files)
                topk:int|None=None, # k for the titles (default: from the run's files)
@@ -260,6 +279,9 @@ def run_charts(run_dir:str|Path, # a run directory (or a comparison directory ho
         if lk: b.append(("sensitivity_heatmap", lambda: P.sensitivity_heatmap(lk, metric, topk)))
         if st.get("weight_histogram"):
             b.append(("weight_distribution", lambda: P.weight_distribution(st["weight_histogram"], st.get("topk_weight_values") or [], topk)))
+    ex = _expert_rows(run, st)
+    load = (st or {}).get("router_load") or (read_run_file(run/"superweight_candidates.json") or {}).get("router_load")
+    if ex or load: b.append(("expert_heatmap", lambda: P.expert_heatmap(ex, metric, topk, load)))
     if pr: b.append(("perturbation_effects", lambda: P.perturbation_effects(pr)))
     if stab: b.append(("stability_analysis", lambda: P.stability_analysis(stab)))
     if (run/"dose_response.csv").exists(): b.append(("dose_response", lambda: P.dose_response(run/"dose_response.csv")))

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import math
+import re
+from typing import Callable
 
 import torch
 from torch import nn
@@ -14,20 +16,32 @@ from tqdm.auto import tqdm
 from .core import EsaError
 from .evaluate import input_device
 from .topk import check_scores
-from .weights import WeightRef, select_weights
+from .weights import WeightRef, select_weights, layer_index, experts_modules, routing, routed_tokens, expert_hidden
+from .weights import check_recomputable, _proj, _n_experts
 
 # %% auto #0
-__all__ = ['DOWN_PATTERNS', 'down_projections', 'scan_superweights', 'rank_candidates']
+__all__ = ['DOWN_PATTERNS', 'DOWN_KINDS', 'down_projections', 'scan_superweights', 'rank_candidates', 'router_load']
 
 # %% ../nbs/10_superweight.ipynb #37b5870a
-DOWN_PATTERNS = [r"(down_proj|mlp\.c_proj|dense_4h_to_h|fc2|\.w2)\.weight$"]
+DOWN_PATTERNS = [r"(down_proj|mlp\.c_proj|dense_4h_to_h|fc2|\.w2)(\.weight)?$"]
+DOWN_KINDS = ("down", "shared_down", "expert_down")
+
+def _owners(model:nn.Module # the causal LM
+           )->dict:
+    "id(parameter) -> (module, attribute) for every layer `.weight` (2-D) and fused expert tensor (3-D)."
+    owner = {}
+    for _, mod in model.named_modules():
+        for a, p in mod.named_parameters(recurse=False):
+            if (a == "weight" and p.ndim == 2) or p.ndim == 3: owner.setdefault(id(p), (mod, a))
+    return owner
 
 def down_projections(model:nn.Module # the causal LM
                     )->list[WeightRef]:
-    "The MLP down-projection weights inside the blocks, in model order."
+    "The MLP down-projection weights inside the blocks, in model order: dense, shared-expert and expert (fused or per expert)."
     try: refs = select_weights(model, include=DOWN_PATTERNS)
     except EsaError: refs = []
-    refs = [r for r in refs if r.kind == "down" and r.layer is not None]
+    owner = _owners(model)
+    refs = [r for r in refs if r.kind in DOWN_KINDS and r.layer is not None and id(r.param) in owner]
     if not refs:
         raise EsaError("the super-weight scan found no MLP down-projection (down_proj, mlp.c_proj, dense_4h_to_h, fc2 or w2) "
                        "inside the model's blocks. Pass the weights to scan explicitly with refs=select_weights(model, include=...).")
@@ -35,39 +49,37 @@ def down_projections(model:nn.Module # the causal LM
 
 def _owner_modules(model:nn.Module, # the causal LM
                    refs:list[WeightRef], # weights whose modules are wanted
-                  )->list[nn.Module]:
-    "The module that owns each ref's weight (the module to hook)."
-    owner = {}
-    for _, mod in model.named_modules():
-        w = getattr(mod, "weight", None)
-        if isinstance(w, nn.Parameter) and id(w) not in owner: owner[id(w)] = mod
-    mods = []
+                  )->list[tuple[nn.Module, str]]:
+    "(module to hook, attribute) of each ref: the layer whose `.weight` it is, or the fused experts module holding it."
+    owner, out = _owners(model), []
     for r in refs:
-        if id(r.param) not in owner or r.param.ndim != 2:
-            raise EsaError(f"the weight {r.name!r} is not the 2-D weight of a module of this model, so its activations "
-                           "cannot be hooked; pass refs from select_weights(model, ...) on the same model object.")
-        mods.append(owner[id(r.param)])
-    return mods
+        mod, attr = owner.get(id(r.param), (None, None))
+        if mod is None or (r.param.ndim == 3) != r.fused:
+            raise EsaError(f"the weight {r.name!r} is neither the 2-D weight of a module nor a fused expert tensor of this model, "
+                           "so its activations cannot be hooked; pass refs from select_weights(model, ...) on the same model object.")
+        if r.fused: check_recomputable(mod, "the super-weight scan")
+        out.append((mod, attr))
+    return out
 
 # %% ../nbs/10_superweight.ipynb #d55c1910
 class _SpikeStats:
-    "Running maxima of |input| and |output| of one module over the tokens it has seen."
-    def __init__(self): self.vec, self.best = {"in": None, "out": None}, {"in": None, "out": None}
+    "Running maxima of |input| and |output| of one module (or one expert) over the tokens it has seen."
+    def __init__(self): self.vec, self.best, self.n_tokens = {"in": None, "out": None}, {"in": None, "out": None}, 0
 
     def update(self, side:str, # 'in' or 'out'
                a:torch.Tensor, # activations [..., channels]
-               start:int, # index of the batch's first block
-               seq_len:int, # tokens per block
+               locate:Callable|None, # row of `a` -> (block, position), or None when unknown (per-expert layers)
               ):
         "Fold one batch of activations into the running maxima."
         a = a.detach().reshape(-1, a.shape[-1]).abs()
+        if not len(a): return
+        if side == "in": self.n_tokens += len(a)
         vals, tok = a.max(0)  # per-channel max over tokens, and the token where it happens
         vals = vals.float()
         self.vec[side] = vals if self.vec[side] is None else torch.maximum(self.vec[side], vals)
         ch = int(vals.argmax()); v = float(vals[ch])
         if self.best[side] is None or v > self.best[side][0]:
-            n = int(tok[ch])
-            self.best[side] = (v, ch, start + n // seq_len, n % seq_len)
+            self.best[side] = (v, ch, *(locate(int(tok[ch])) if locate else (None, None)))
 
 # %% ../nbs/10_superweight.ipynb #cbcfa725
 def _top(vec:torch.Tensor, # per-channel running maxima
@@ -78,20 +90,23 @@ def _top(vec:torch.Tensor, # per-channel running maxima
     return [[int(i), float(vec[i])] for i in order]
 
 def _candidates(ref:WeightRef, # the scanned weight
-                st:_SpikeStats, # its statistics
+                st:_SpikeStats, # its statistics (of one expert, for a fused tensor)
                 threshold:float, # spike threshold
                 top_channels:int, # rows x cols examined for secondary candidates
                 min_share:float, # secondary: |W[r,c]| * max|x_c| >= min_share * max|y_r|
+                expert:int|None=None, # the expert of a fused tensor
                )->list[dict]:
-    "Primary and secondary super-weight candidates of one layer."
+    "Primary and secondary super-weight candidates of one layer (or expert)."
     (vi, ci, _, _), (vo, ro, _, _) = st.best["in"], st.best["out"]
     if not (vo > threshold and vi > threshold): return []
     W = ref.linear_view().detach()
+    W = W[expert] if ref.fused else W
     xin, yout = st.vec["in"], st.vec["out"]
     def cand(r, c, primary):
         w = float(W[r, c]); xi, yo = float(xin[c]), float(yout[r])
-        return {"layer": ref.layer, "name": ref.name, "row": r, "col": c, "input_spike": xi, "output_spike": yo,
-                "weight_value": w, "share": abs(w) * xi / yo if yo > 0 else float("inf"), "primary": primary}
+        return {"layer": ref.layer, "name": ref.name, "expert": expert if ref.fused else ref.expert, "row": r, "col": c,
+                "input_spike": xi, "output_spike": yo, "weight_value": w, "share": abs(w) * xi / yo if yo > 0 else float("inf"),
+                "primary": primary}
     out = [cand(ro, ci, True)]
     rows = [r for r, v in _top(yout, top_channels) if v > threshold]
     cols = [c for c, v in _top(xin, top_channels) if v > threshold]
@@ -103,16 +118,73 @@ def _candidates(ref:WeightRef, # the scanned weight
     return out
 
 # %% ../nbs/10_superweight.ipynb #26263e64
+def _layer_hook(st:_SpikeStats, # the layer's statistics
+                where:dict, # 'start' (first block of the batch), 'T' (tokens per block)
+                routed:bool, # a per-expert layer: its rows are routed tokens, positions unknown
+               ):
+    "Forward hook on a layer: its input and output activations into `st`."
+    def hook(mod, inp, out):
+        y = out[0] if isinstance(out, (tuple, list)) else out
+        s, T = where["start"], where["T"]
+        loc = None if routed else (lambda n: (s + n // T, n % T))  # rows in (block, position) order, also when flattened
+        st.update("in", inp[0], loc); st.update("out", y, loc)
+    return hook
+
+def _experts_hook(sts:list[_SpikeStats], # one per expert
+                  attr:str, # the scanned tensor's attribute ('down_proj', or 'gate_up_proj'/'up_proj')
+                  where:dict, # 'start' (first block of the batch), 'T' (tokens per block)
+                 ):
+    "Forward pre-hook on a fused experts module: per expert, the projection's input and output on its routed tokens."
+    def pre(mod, args, kwargs):
+        x, idx = routing(mod, args, kwargs)
+        s, T = where["start"], where["T"]
+        for e, tok in enumerate(routed_tokens(idx, len(sts))):
+            if not len(tok): continue
+            h = expert_hidden(mod, e, x[tok]) if attr == "down_proj" else x[tok]
+            loc = lambda n, tok=tok: (s + int(tok[n]) // T, int(tok[n]) % T)
+            sts[e].update("in", h, loc); sts[e].update("out", _proj(mod, attr, e, h), loc)
+    return pre
+
+def _forward_all(model:nn.Module, # the causal LM (hooked)
+                 blocks:torch.Tensor, # [n_blocks, T] token ids
+                 batch_size:int, # blocks per forward pass
+                 where:dict, # 'start' is set to each batch's first block
+                 desc:str, # progress bar label
+                 progress:bool, # show a tqdm bar
+                )->None:
+    "One inference-mode pass over the blocks in eval mode (training mode restored)."
+    was_training = model.training; model.eval()
+    dev = input_device(model)
+    try:
+        with torch.inference_mode():
+            for i in tqdm(range(0, len(blocks), batch_size), desc=desc, disable=not progress, leave=False):
+                where["start"] = i
+                model(input_ids=blocks[i:i + batch_size].to(dev), use_cache=False)
+    finally: model.train(was_training)
+
+# %% ../nbs/10_superweight.ipynb #39957681
+def _layer_entry(ref:WeightRef, # the scanned weight
+                 st:_SpikeStats, # its statistics (of one expert, for a fused tensor)
+                 expert:int|None, # the expert (fused tensor), else None
+                 top_channels:int, # channels reported
+                )->dict:
+    "One row of the scan's `layers`."
+    (vi, ci, bi, pi), (vo, ro, bo, po) = st.best["in"], st.best["out"]
+    return {"layer": ref.layer, "name": ref.name, "expert": expert if ref.fused else ref.expert, "shape": list(ref.shape[-2:]),
+            "n_tokens": st.n_tokens, "max_abs_input": vi, "input_channel": ci, "input_block": bi, "input_position": pi,
+            "max_abs_output": vo, "output_channel": ro, "output_block": bo, "output_position": po,
+            "top_input_channels": _top(st.vec["in"], top_channels), "top_output_channels": _top(st.vec["out"], top_channels)}
+
 def scan_superweights(model:nn.Module, # the causal LM
                       blocks:torch.Tensor, # [n_blocks, T] calibration token ids
-                      refs:list[WeightRef]|None=None, # weights to scan (default: the MLP down-projections)
+                      refs:list[WeightRef]|None=None, # weights to scan (default: the MLP down-projections, experts' included)
                       batch_size:int=4, # blocks per forward pass
                       threshold:float=50.0, # an activation spike is |x| > threshold (Yu et al.: about 50)
                       top_channels:int=3, # channels per layer reported, and rows x cols examined for secondary candidates
                       min_share:float=0.5, # a secondary candidate's |W[r,c]| * max|x_c| must reach this share of max|y_r|
                       progress:bool=True, # show a tqdm bar
                      )->dict:
-    "Hook the down-projections for one pass over `blocks`; report activation spikes per layer and super-weight candidates."
+    "Hook the down-projections (per expert in MoE blocks) for one pass over `blocks`; report spikes per layer and candidates."
     if not isinstance(blocks, torch.Tensor) or blocks.ndim != 2 or blocks.numel() == 0:
         raise EsaError(f"the super-weight scan needs calibration blocks as a non-empty [n_blocks, T] tensor of token ids; "
                        f"got {type(blocks).__name__}{' of shape ' + str(tuple(blocks.shape)) if isinstance(blocks, torch.Tensor) else ''}.")
@@ -121,44 +193,32 @@ def scan_superweights(model:nn.Module, # the causal LM
     if not (threshold >= 0 and math.isfinite(threshold)):
         raise EsaError(f"the spike threshold must be a finite number >= 0 (got {threshold}).")
     refs = down_projections(model) if refs is None else list(refs)
-    mods = _owner_modules(model, refs)
-    stats = [_SpikeStats() for _ in refs]
-    where = {"start": 0, "T": blocks.shape[1]}
-    def make_hook(st):
-        def hook(mod, inp, out):
-            y = out[0] if isinstance(out, (tuple, list)) else out
-            st.update("in", inp[0], where["start"], where["T"]); st.update("out", y, where["start"], where["T"])
-        return hook
-    handles = [m.register_forward_hook(make_hook(s)) for m, s in zip(mods, stats)]
-    was_training = model.training; model.eval()
-    dev = input_device(model)
-    try:
-        with torch.inference_mode():
-            for i in tqdm(range(0, len(blocks), batch_size), desc="superweight scan", disable=not progress, leave=False):
-                where["start"] = i
-                model(input_ids=blocks[i:i + batch_size].to(dev), use_cache=False)
+    where, handles, stats = {"start": 0, "T": blocks.shape[1]}, [], []
+    for ref, (mod, attr) in zip(refs, _owner_modules(model, refs)):
+        stats.append([_SpikeStats() for _ in range(max(ref.n_experts, 1))])
+        if ref.fused: handles.append(mod.register_forward_pre_hook(_experts_hook(stats[-1], attr, where), with_kwargs=True))
+        else: handles.append(mod.register_forward_hook(_layer_hook(stats[-1][0], where, ref.expert is not None)))
+    try: _forward_all(model, blocks, batch_size, where, "superweight scan", progress)
     finally:
         for h in handles: h.remove()
-        model.train(was_training)
-    layers, cands = [], []
-    for ref, st in zip(refs, stats):
-        if st.best["in"] is None:
-            raise EsaError(f"the module of {ref.name!r} never ran during the forward pass, so it cannot be scanned.")
-        (vi, ci, bi, pi), (vo, ro, bo, po) = st.best["in"], st.best["out"]
-        layers.append({"layer": ref.layer, "name": ref.name, "shape": list(ref.shape),
-                       "max_abs_input": vi, "input_channel": ci, "input_block": bi, "input_position": pi,
-                       "max_abs_output": vo, "output_channel": ro, "output_block": bo, "output_position": po,
-                       "top_input_channels": _top(st.vec["in"], top_channels),
-                       "top_output_channels": _top(st.vec["out"], top_channels)})
-        cands += _candidates(ref, st, threshold, top_channels, min_share)
-    cands.sort(key=lambda c: (-c["output_spike"], not c["primary"], c["layer"] if c["layer"] is not None else -1, c["row"], c["col"]))
+    layers, cands, unrouted = [], [], []
+    for ref, sts in zip(refs, stats):
+        for e, st in enumerate(sts):
+            e = e if ref.fused else ref.expert
+            if st.best["in"] is None:  # an expert that no calibration token was routed to
+                if e is not None: unrouted.append({"layer": ref.layer, "name": ref.name, "expert": e}); continue
+                raise EsaError(f"the module of {ref.name!r} never ran during the forward pass, so it cannot be scanned.")
+            layers.append(_layer_entry(ref, st, e, top_channels))
+            cands += _candidates(ref, st, threshold, top_channels, min_share, e if ref.fused else None)
+    cands.sort(key=lambda c: (-c["output_spike"], not c["primary"], -1 if c["layer"] is None else c["layer"],
+                              -1 if c["expert"] is None else c["expert"], c["row"], c["col"]))
     return {"threshold": float(threshold), "min_share": float(min_share), "top_channels": top_channels,
-            "n_blocks": len(blocks), "n_tokens": int(blocks.numel()), "layers": layers, "candidates": cands,
-            "method": ("Yu et al. 2024 (arXiv:2411.07191): forward hooks on each MLP down-projection record max|input| and "
-                       "max|output| per channel over all calibration tokens; a layer whose max|output| and max|input| both "
-                       f"exceed {threshold:g} gives the primary candidate W[row=argmax output channel, col=argmax input channel] "
-                       "(Linear convention). Secondary candidates: other pairs among the top rows x top cols whose spikes both "
-                       f"exceed the threshold and with |W[r,c]|*max|x_c| >= {min_share:g}*max|y_r|.")}
+            "n_blocks": len(blocks), "n_tokens": int(blocks.numel()), "layers": layers, "candidates": cands, "unrouted": unrouted,
+            "method": ("Yu et al. 2024 (arXiv:2411.07191): forward hooks on each MLP down-projection (each expert's, on the tokens "
+                       "routed to it) record max|input| and max|output| per channel over the calibration tokens; a layer whose "
+                       f"max|output| and max|input| both exceed {threshold:g} gives the primary candidate W[row=argmax output "
+                       "channel, col=argmax input channel] (Linear convention). Secondary candidates: other pairs among the top rows "
+                       f"x top cols whose spikes both exceed the threshold and with |W[r,c]|*max|x_c| >= {min_share:g}*max|y_r|.")}
 
 # %% ../nbs/10_superweight.ipynb #8f3bcc5f
 _CHUNK = 1 << 22
@@ -181,7 +241,7 @@ def _count_greater(t:torch.Tensor, # a score tensor (any shape, any device)
     out[order] = greater_sorted
     return out.tolist()
 
-def rank_candidates(candidates:list[dict], # `scan_superweights(...)["candidates"]` (needs name, row, col)
+def rank_candidates(candidates:list[dict], # `scan_superweights(...)["candidates"]` (needs name, row, col; expert for fused tensors)
                     scores:dict[str, torch.Tensor], # parameter name -> score tensor in native shape (e.g. a metric's output)
                     refs:list[WeightRef]|dict[str, WeightRef], # WeightRefs of (at least) the candidates' tensors, for the coordinates
                    )->list[dict]:
@@ -202,7 +262,7 @@ def rank_candidates(candidates:list[dict], # `scan_superweights(...)["candidates
             if tuple(t.shape) != tuple(ref.param.shape):
                 raise EsaError(f"the score tensor of {c['name']!r} has shape {tuple(t.shape)}, but the weight is "
                                f"{tuple(ref.param.shape)}; scores must have the weight's native shape.")
-            c["score"] = float(t.reshape(-1)[int(ref.flat_index(c["row"], c["col"]))].to(dt))
+            c["score"] = float(t.reshape(-1)[int(ref.flat_index(c["row"], c["col"], c.get("expert")))].to(dt))
             c["n_in_tensor"] = t.numel()
         out.append(c)
     vals = [c["score"] for c in out if c["score"] is not None]
@@ -220,3 +280,50 @@ def rank_candidates(candidates:list[dict], # `scan_superweights(...)["candidates
         if c["score"] is None: continue
         c["rank"] = greater[j] + 1; j += 1
     return out
+
+# %% ../nbs/10_superweight.ipynb #1a1ba575
+def _count_hooks(model:nn.Module, # the causal LM
+                 counts:dict, # filled: MoE module name -> [E] token counts per expert
+                 seen:dict, # filled: MoE module name -> tokens that entered the layer (fused experts only)
+                )->list:
+    "Hooks that count the tokens routed to each expert: fused experts modules read the routing, per-expert layers their rows."
+    handles = []
+    def fused(name, E):
+        def pre(m, args, kwargs):
+            x, idx = routing(m, args, kwargs)
+            counts[name] += torch.bincount(idx.reshape(-1).cpu(), minlength=E)[:E]; seen[name] += len(x)
+        return pre
+    for name, mod in experts_modules(model):
+        counts[name], seen[name] = torch.zeros(_n_experts(mod), dtype=torch.long), 0
+        handles.append(mod.register_forward_pre_hook(fused(name, len(counts[name])), with_kwargs=True))
+    per = {}
+    for name, mod in model.named_modules():  # per-expert layers: 'experts.<e>' modules (transformers 4 layout)
+        m = re.search(r"^(.*\.experts)\.(\d+)$", name)
+        if m and m.group(1) not in counts and layer_index(name) is not None: per.setdefault(m.group(1), []).append((int(m.group(2)), mod))
+    for parent, mods in per.items():
+        counts[parent] = torch.zeros(max(e for e, _ in mods) + 1, dtype=torch.long)
+        for e, mod in mods:
+            handles.append(mod.register_forward_pre_hook(
+                lambda m, args, c=counts[parent], e=e: c.__setitem__(e, c[e] + args[0].reshape(-1, args[0].shape[-1]).shape[0])))
+    return handles
+
+def router_load(model:nn.Module, # the causal LM
+                blocks:torch.Tensor, # [n_blocks, T] calibration token ids
+                batch_size:int=4, # blocks per forward pass
+                progress:bool=False, # show a tqdm bar
+               )->list[dict]:
+    "Per MoE layer and expert, how many calibration tokens the router sends there: {layer, module, expert, tokens, share, ...}."
+    if not isinstance(blocks, torch.Tensor) or blocks.ndim != 2 or blocks.numel() == 0:
+        raise EsaError("router_load needs calibration blocks as a non-empty [n_blocks, T] tensor of token ids.")
+    counts, seen = {}, {}
+    handles = _count_hooks(model, counts, seen)
+    if not counts: raise EsaError("router_load found no mixture-of-experts layer (fused experts module or per-expert layers) in the model.")
+    try: _forward_all(model, blocks, max(1, batch_size), {"start": 0}, "router load", progress)
+    finally:
+        for h in handles: h.remove()
+    rows = []
+    for name, c in counts.items():
+        total, n_tok = int(c.sum()), seen.get(name) or int(blocks.numel())  # every token passes every block
+        rows += [{"layer": layer_index(name), "module": name, "expert": e, "tokens": int(v), "share": int(v) / total if total else 0.0,
+                  "token_fraction": int(v) / n_tok, "balanced_share": 1 / len(c)} for e, v in enumerate(c)]
+    return rows

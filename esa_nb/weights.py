@@ -5,20 +5,28 @@
 # %% ../nbs/05_weights.ipynb #2f3586ba
 from __future__ import annotations
 
+import math
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .core import EsaError
 
 # %% auto #0
-__all__ = ['layer_index', 'module_kind', 'WeightRef', 'select_weights']
+__all__ = ['KIND_GROUPS', 'ALIASES', 'layer_index', 'expert_index', 'module_kind', 'kind_group', 'WeightRef', 'select_weights',
+           'weight_coverage', 'experts_modules', 'routing', 'routed_tokens', 'check_recomputable', 'expert_hidden',
+           'expert_output', 'unfuse_experts', 'expert_summary']
 
 # %% ../nbs/05_weights.ipynb #dd646dfd
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer|decoder_layers)\.(\d+)\.")
+_EXPERT_RE = re.compile(r"(?:^|\.)experts\.(\d+)\.")  # a per-expert module: mlp.experts.3.w1
+_ROUTED_RE, _SHARED_RE = re.compile(r"(?:^|\.)experts\."), re.compile(r"(?:^|\.)shared_experts?\.")
 _KINDS = [  # (regex on the module path, kind), first match wins
+    (r"(shared_expert_gate|\.gate|\.router|router\.layer)$", "router"),
     (r"(qkv_proj|c_attn|query_key_value|Wqkv|W_pack)$", "qkv"),
     (r"(q_proj|query|\.wq)$", "q"), (r"(k_proj|key|\.wk)$", "k"), (r"(v_proj|value|\.wv)$", "v"),
     (r"(o_proj|out_proj|attn\.c_proj|attention\.dense|self_attn\.dense|\.wo|dense_out)$", "o"),
@@ -27,6 +35,11 @@ _KINDS = [  # (regex on the module path, kind), first match wins
     (r"(embed_tokens|wte|embed_in|word_embeddings)$", "embed"), (r"(wpe|embed_positions)$", "pos_embed"),
     (r"(lm_head|embed_out)$", "lm_head"),
 ]
+_MLP = ("gate", "up", "gate_up", "down")
+KIND_GROUPS = {"attn": ("q", "k", "v", "qkv", "o"), "mlp": _MLP,
+               "experts": tuple(f"{p}_{k}" for p in ("expert", "shared") for k in _MLP),
+               "router": ("router",), "embed": ("embed", "pos_embed"), "head": ("lm_head",)}
+ALIASES = ("blocks", *KIND_GROUPS)
 
 def layer_index(name:str # parameter or module name
                )->int|None:
@@ -34,54 +47,91 @@ def layer_index(name:str # parameter or module name
     m = _LAYER_RE.search(name)
     return int(m.group(1)) if m else None
 
+def expert_index(name:str # parameter or module name
+                )->int|None:
+    "The expert index of a per-expert module's parameter (`...experts.3.w1.weight` -> 3), or None."
+    m = _EXPERT_RE.search(name)
+    return int(m.group(1)) if m else None
+
 def module_kind(name:str # parameter or module name
                )->str:
-    "Short module kind: q, k, v, qkv, o, gate, up, gate_up, down, embed, pos_embed, lm_head or other."
+    "Module kind: q, k, v, qkv, o, gate, up, gate_up, down (expert_/shared_ prefixed in MoE), router, embed, pos_embed, lm_head, other."
     mod = name[:-len(".weight")] if name.endswith(".weight") else name
-    for pat, kind in _KINDS:
-        if re.search(pat, mod): return kind
-    return "other"
+    kind = next((k for pat, k in _KINDS if re.search(pat, mod)), "other")
+    if kind in _MLP:
+        if _ROUTED_RE.search(mod): return f"expert_{kind}"
+        if _SHARED_RE.search(mod): return f"shared_{kind}"
+    return kind
+
+def kind_group(kind:str # a module kind
+              )->str:
+    "The alias group of a kind: attn, mlp, experts, router, embed, head, or other."
+    return next((g for g, ks in KIND_GROUPS.items() if kind in ks), "other")
 
 # %% ../nbs/05_weights.ipynb #85c275c6
 @dataclass(eq=False)
 class WeightRef:
-    "A selected weight matrix: its name, parameter, block index, module kind, and whether storage is transposed (Conv1D)."
+    "A selected weight: its name, parameter, block index, module kind, storage orientation, and its expert(s) in an MoE block."
     name: str # parameter name, e.g. 'model.layers.3.mlp.down_proj.weight'
     param: nn.Parameter = field(repr=False) # the parameter itself (native storage)
     layer: int|None # transformer block index, None outside the blocks
-    kind: str # module kind (q, k, v, qkv, o, gate, up, down, embed, lm_head, ...)
-    transposed: bool = False # True when stored (in, out), as GPT-2's Conv1D
+    kind: str # module kind (q, k, v, o, gate, up, down, expert_down, router, embed, lm_head, ...)
+    transposed: bool = False # True when each matrix is stored (in, out), as GPT-2's Conv1D
+    expert: int|None = None # a per-expert nn.Linear weight: its expert index (None: dense, or fused)
+    n_experts: int = 0 # a fused expert tensor: experts stacked along dim 0 (0: one matrix)
 
     @property
-    def shape(self)->tuple[int, int]:
-        "Shape in the Linear convention: (out_features, in_features)."
-        r, c = self.param.shape
-        return (c, r) if self.transposed else (r, c)
+    def group(self)->str: return kind_group(self.kind)
+
+    @property
+    def fused(self)->bool: return self.n_experts > 0
+
+    @property
+    def shape(self)->tuple:
+        "Shape in the Linear convention: (out_features, in_features), or (n_experts, out, in) for a fused tensor."
+        r, c = self.param.shape[-2:]
+        rc = (c, r) if self.transposed else (r, c)
+        return (self.n_experts, *rc) if self.fused else rc
 
     @property
     def numel(self)->int: return self.param.numel()
 
+    def _split(self, flat):
+        "(expert or None, native row, native col) of flat indices."
+        flat = torch.as_tensor(flat, dtype=torch.long)
+        n1 = self.param.shape[-1]; per = self.param.shape[-2] * n1
+        e, rem = (torch.div(flat, per, rounding_mode="floor"), flat % per) if self.fused else (None, flat)
+        return e, torch.div(rem, n1, rounding_mode="floor"), rem % n1
+
     def coords(self, flat:torch.Tensor # flat indices into native storage
               )->tuple[torch.Tensor, torch.Tensor]:
-        "Linear-convention (row, col) of native flat indices."
-        flat = torch.as_tensor(flat, dtype=torch.long)
-        n1 = self.param.shape[1]
-        a, b = torch.div(flat, n1, rounding_mode="floor"), flat % n1
+        "Linear-convention (row, col) of native flat indices, within the expert's matrix for a fused tensor."
+        _, a, b = self._split(flat)
         return (b, a) if self.transposed else (a, b)
+
+    def expert_of(self, flat:torch.Tensor # flat indices into native storage
+                 )->torch.Tensor|None:
+        "The expert index of each flat index (fused tensors and per-expert weights), None for a dense weight."
+        if self.fused: return self._split(flat)[0]
+        return None if self.expert is None else torch.full_like(torch.as_tensor(flat, dtype=torch.long), self.expert)
 
     def flat_index(self, row:torch.Tensor, # Linear-convention output feature
                    col:torch.Tensor, # Linear-convention input feature
+                   expert:torch.Tensor|int|None=None, # the expert (needed for a fused tensor, ignored otherwise)
                   )->torch.Tensor:
         "Native flat indices of Linear-convention coordinates."
         row, col = torch.as_tensor(row, dtype=torch.long), torch.as_tensor(col, dtype=torch.long)
-        n1 = self.param.shape[1]
-        return col * n1 + row if self.transposed else row * n1 + col
+        n1 = self.param.shape[-1]
+        f = col * n1 + row if self.transposed else row * n1 + col
+        if not self.fused: return f
+        if expert is None: raise EsaError(f"{self.name} holds {self.n_experts} experts: flat_index needs the expert index.")
+        return torch.as_tensor(expert, dtype=torch.long) * (self.param.shape[-2] * n1) + f
 
     def linear_view(self, t:torch.Tensor|None=None # native-shaped tensor (default: the weight)
                    )->torch.Tensor:
-        "A Linear-convention view (no copy) of a native-shaped tensor."
+        "A Linear-convention view (no copy) of a native-shaped tensor: (out, in), or (n_experts, out, in)."
         t = self.param if t is None else t
-        return t.t() if self.transposed else t
+        return t.transpose(-2, -1) if self.transposed else t
 
 # %% ../nbs/05_weights.ipynb #a312c232
 def _conv1d_type():
@@ -95,34 +145,244 @@ def _as_patterns(p):
     if isinstance(p, str): p = [p]
     return [x for x in p if x]
 
+def _n_experts(mod:nn.Module|None # a module
+              )->int:
+    "The module's number of experts (num_experts, num_local_experts, ...), 0 if it declares none."
+    for a in ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "n_experts"):
+        v = getattr(mod, a, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0: return v
+    return 0
+
+@dataclass
+class _Entry:
+    "One parameter as `select_weights` sees it."
+    name:str; p:nn.Parameter; mod:nn.Module|None; layer:int|None; kind:str
+    handled:bool # ESA knows its layout: Linear/Conv1D/Embedding weight, router weight, or fused expert tensor
+    transposed:bool; n_experts:int
+    default:bool # in the default selection: handled, inside the blocks, not an embedding
+
+def _entries(model:nn.Module # the causal LM
+            )->list[_Entry]:
+    "Every parameter (tied ones once), in model order, with its owning module and layout."
+    conv1d, owner = _conv1d_type(), {}
+    for _, mod in model.named_modules():
+        for a, p in mod.named_parameters(recurse=False): owner.setdefault(id(p), (mod, a))
+    out = []
+    for name, p in model.named_parameters():
+        mod, a = owner.get(id(p), (None, ""))
+        kind, layer = module_kind(name), layer_index(name)
+        is_conv = bool(conv1d) and isinstance(mod, conv1d)
+        proj = a == "weight" and p.ndim == 2 and (isinstance(mod, nn.Linear) or is_conv or kind == "router")
+        emb = a == "weight" and p.ndim == 2 and isinstance(mod, nn.Embedding)
+        E = _n_experts(mod) if p.ndim == 3 and p.shape[0] == _n_experts(mod) else 0  # a fused expert tensor [E, ., .]
+        transposed = (proj and is_conv) or (E > 0 and bool(getattr(mod, "is_transposed", False)))
+        out.append(_Entry(name, p, mod, layer, kind, proj or emb or E > 0, transposed, E, (proj or E > 0) and layer is not None))
+    return out
+
+def _matches(pat:str, # a regex or an alias
+             e:_Entry, # a parameter
+            )->bool:
+    "Whether an include/exclude pattern selects a parameter: 'blocks' = the default set, an alias = its kind group."
+    if pat == "blocks": return e.default
+    if pat in KIND_GROUPS: return e.handled and kind_group(e.kind) == pat
+    return re.search(pat, e.name) is not None
+
+def _describe(e:_Entry)->str: return f"{e.name} {list(e.p.shape)} ({type(e.mod).__name__})"
+
+def _is_matrix(e:_Entry)->bool:
+    "A weight matrix (or a stack of them): at least 2-D and not a bias (fused experts keep their biases as [E, out])."
+    return e.p.ndim >= 2 and not e.name.endswith("bias")
+
+# %% ../nbs/05_weights.ipynb #038980bc
+def _check_coverage(ents:list, # `_entries` of the model
+                    inc:list, # include patterns
+                    exc:list, # exclude patterns
+                    chosen:list, # the selected entries
+                   )->None:
+    "Refuse a default selection that misses most block weights; warn about the block weights left out that cannot be handled."
+    blk = [e for e in ents if e.layer is not None and _is_matrix(e)]
+    total = sum(e.p.numel() for e in blk)
+    bad = [e for e in blk if not e.handled]
+    if not total or not bad: return
+    frac = 1 - sum(e.p.numel() for e in bad) / total
+    names = lambda es: ", ".join(map(_describe, es[:6])) + (f" and {len(es) - 6} more" if len(es) > 6 else "")
+    if not inc and frac < 0.5:
+        raise EsaError(f"only {frac:.0%} of the weights inside the blocks are in a form ESA can analyse (nn.Linear/Conv1D weights, "
+                       f"routers, fused 3-D expert tensors of a module that declares num_experts); it cannot handle {names(bad)}. "
+                       "Name the weights to analyse with --include (e.g. --include attn) to run on the part it can handle.")
+    ids = {id(e.p) for e in chosen}
+    left = [e for e in bad if id(e.p) not in ids and not any(_matches(p, e) for p in exc)
+            and (not inc or any(p == "blocks" or (p not in ALIASES and re.search(p, e.name)) for p in inc))]
+    if left:
+        warnings.warn(f"{len(left)} weight tensors inside the blocks ({sum(e.p.numel() for e in left) / total:.1%} of the block weights) "
+                      f"are left out because ESA cannot handle their layout: {names(left)}.", stacklevel=3)
+
 def select_weights(model:nn.Module, # the causal LM
-                   include:str|list|None=None, # regexes: replace the default set by matching 2-D weights ('blocks' = default set)
-                   exclude:str|list|None=None, # regexes: remove matching weights
+                   include:str|list|None=None, # regexes or aliases (`ALIASES`): replace the default set
+                   exclude:str|list|None=None, # regexes or aliases: remove matching weights
                   )->list[WeightRef]:
-    "The weights to analyse, in model order, as `WeightRef`s (default: every Linear/Conv1D weight inside the blocks)."
-    conv1d = _conv1d_type()
-    owners = {}
-    for mname, mod in model.named_modules():
-        w = getattr(mod, "weight", None)
-        if isinstance(w, nn.Parameter) and id(w) not in owners: owners[id(w)] = (mname, mod)
+    "The weights to analyse, in model order, as `WeightRef`s (default: every weight inside the blocks whose layout ESA handles)."
     inc, exc = _as_patterns(include), _as_patterns(exclude)
     for p in inc + exc:
         try: re.compile(p)
         except re.error as e: raise EsaError(f"the pattern {p!r} is not a valid regular expression: {e}.") from None
-    refs, all2d = [], []
-    for name, p in model.named_parameters():  # remove_duplicate=True: tied weights once
-        if p.ndim != 2: continue
-        all2d.append(name)
-        mname, mod = owners.get(id(p), (name.rsplit(".", 1)[0], None))
-        is_proj = isinstance(mod, nn.Linear) or (conv1d and isinstance(mod, conv1d))
-        default = is_proj and layer_index(name) is not None
-        chosen = any((pat == "blocks" and default) or (pat != "blocks" and re.search(pat, name)) for pat in inc) if inc else default
-        if chosen and exc and any(re.search(pat, name) for pat in exc): chosen = False
-        if chosen:
-            refs.append(WeightRef(name, p, layer_index(name), module_kind(name),
-                                  transposed=bool(conv1d) and isinstance(mod, conv1d)))
-    if not refs:
-        shown = ", ".join(all2d[:8]) + (", ..." if len(all2d) > 8 else "")
-        raise EsaError(f"no weights match include={inc or ['blocks']} exclude={exc}. "
-                       f"Some of this model's {len(all2d)} weight matrices: {shown}.")
-    return refs
+    ents = _entries(model)
+    hit = lambda e, pats: any(_matches(p, e) for p in pats)
+    chosen = [e for e in ents if (hit(e, inc) if inc else e.default) and not hit(e, exc)
+              and (e.handled or (e.p.ndim == 2 and _is_matrix(e)))]
+    _check_coverage(ents, inc, exc, chosen)
+    if not chosen:
+        mats = [e for e in ents if e.p.ndim >= 2]
+        shown = ", ".join(f"{e.name} {list(e.p.shape)}" for e in mats[:8]) + (", ..." if len(mats) > 8 else "")
+        fused = [e for e in ents if e.n_experts]
+        moe = (f" Its experts are stored fused, {fused[0].n_experts} per 3-D tensor (e.g. {fused[0].name} {list(fused[0].p.shape)}): "
+               "select them with the alias 'experts', the routers with 'router'.") if fused else ""
+        raise EsaError(f"no weights match include={inc or ['blocks']} exclude={exc} (aliases: {', '.join(ALIASES)}). "
+                       f"Some of this model's {len(mats)} weight tensors: {shown}.{moe}")
+    return [WeightRef(e.name, e.p, e.layer, e.kind, e.transposed, expert_index(e.name), e.n_experts) for e in chosen]
+
+# %% ../nbs/05_weights.ipynb #d456e45f
+def weight_coverage(model:nn.Module, # the causal LM
+                    refs:list[WeightRef], # a selection (from `select_weights`)
+                   )->dict:
+    "How much of the model a selection covers (parameter counts and fractions), and which block weights ESA cannot handle."
+    ents, sel = _entries(model), {id(r.param) for r in refs}
+    def tally(es):
+        n, s = sum(e.p.numel() for e in es), sum(e.p.numel() for e in es if id(e.p) in sel)
+        return {"selected": s, "total": n, "fraction": s / n if n else None}
+    mats = [e for e in ents if _is_matrix(e)]
+    blk = [e for e in mats if e.layer is not None]
+    by = lambda key: {k: tally([e for e in mats if key(e) == k]) for k in dict.fromkeys(map(key, mats))}
+    n_blk = sum(e.p.numel() for e in blk)
+    experts = max([e.n_experts for e in ents] + [expert_index(e.name) + 1 for e in ents if expert_index(e.name) is not None], default=0)
+    return {"params": tally(ents), "block_weights": tally(blk), "per_kind": by(lambda e: e.kind),
+            "per_group": by(lambda e: kind_group(e.kind)),
+            "handled_fraction": sum(e.p.numel() for e in blk if e.handled) / n_blk if n_blk else None,
+            "unhandled": [_describe(e) for e in blk if not e.handled], "n_experts": experts}
+
+# %% ../nbs/05_weights.ipynb #0cee8ec2
+def experts_modules(model:nn.Module # the causal LM
+                   )->list[tuple[str, nn.Module]]:
+    "(name, module) of every module holding fused expert tensors (3-D parameters stacked by expert), in model order."
+    return [(n, m) for n, m in model.named_modules()
+            if _n_experts(m) and any(p.ndim == 3 and p.shape[0] == _n_experts(m) for p in m.parameters(recurse=False))]
+
+def routing(mod:nn.Module, # a fused experts module
+            args:tuple, # the positional arguments of its call
+            kwargs:dict, # the keyword arguments of its call
+           )->tuple[torch.Tensor, torch.Tensor]:
+    "(hidden states [tokens, H], top-k expert indices [tokens, k]) of a call `experts(hidden_states, top_k_index, top_k_weights)`."
+    vals = list(args[:2]) + [kwargs.get(k) for k in ("hidden_states", "top_k_index")[len(args[:2]):]]
+    x, idx = vals
+    if not (torch.is_tensor(x) and torch.is_tensor(idx)) or idx.is_floating_point():
+        raise EsaError(f"cannot see which tokens {type(mod).__name__} routes to which expert: it is not called as "
+                       "experts(hidden_states, top_k_index, top_k_weights) like the transformers 5 experts modules.")
+    x = x.reshape(-1, x.shape[-1])
+    return x, idx.reshape(len(x), -1)
+
+def routed_tokens(idx:torch.Tensor, # [tokens, k] top-k expert indices
+                  n_experts:int, # number of experts
+                 )->list[torch.Tensor]:
+    "Per expert, the (sorted) indices of the tokens routed to it."
+    return [(idx == e).any(-1).nonzero().squeeze(-1) for e in range(n_experts)]
+
+def check_recomputable(mod:nn.Module, # a fused experts module
+                       name:str, # for the message: what needs the activations
+                      )->None:
+    "Refuse an experts module whose per-expert MLP `expert_hidden`/`expert_output` cannot recompute."
+    gated = getattr(mod, "has_gate", hasattr(mod, "gate_up_proj"))
+    up, down = getattr(mod, "gate_up_proj" if gated else "up_proj", None), getattr(mod, "down_proj", None)
+    act = callable(getattr(mod, "act_fn", None)) or (gated and hasattr(mod, "_apply_gate"))
+    if not (isinstance(up, torch.Tensor) and up.ndim == 3 and isinstance(down, torch.Tensor) and down.ndim == 3 and act):
+        raise EsaError(f"{name} needs each expert's activations, but {type(mod).__name__} is not laid out as the transformers 5 "
+                       "experts modules (3-D gate_up_proj or up_proj, 3-D down_proj, act_fn or _apply_gate); exclude its weights "
+                       "or use another metric.")
+
+def _proj(mod:nn.Module, # a fused experts module
+          attr:str, # 'gate_up_proj', 'up_proj' or 'down_proj'
+          e:int, # the expert
+          x:torch.Tensor, # [n, in] its routed tokens' inputs
+         )->torch.Tensor:
+    "One expert's projection, as the module computes it: F.linear(x, W[e]) (x @ W[e] when stored transposed), plus its bias."
+    W = getattr(mod, attr)[e]
+    y = x @ W if getattr(mod, "is_transposed", False) else F.linear(x, W)
+    b = getattr(mod, f"{attr}_bias", None) if getattr(mod, "has_bias", False) else None
+    return y if b is None else y + b[e]
+
+def expert_hidden(mod:nn.Module, # a fused experts module
+                  e:int, # the expert
+                  x:torch.Tensor, # [n, H] the hidden states of the tokens routed to it
+                 )->torch.Tensor:
+    "The input of expert e's down-projection: act(gate) * up (gated experts) or act(up)."
+    if getattr(mod, "has_gate", hasattr(mod, "gate_up_proj")):
+        y = _proj(mod, "gate_up_proj", e, x)
+        if hasattr(mod, "_apply_gate"): return mod._apply_gate(y)
+        g, u = y.chunk(2, dim=-1)
+        return mod.act_fn(g) * u
+    return mod.act_fn(_proj(mod, "up_proj", e, x))
+
+def expert_output(mod:nn.Module, # a fused experts module
+                  e:int, # the expert
+                  h:torch.Tensor, # [n, I] its down-projection input (`expert_hidden`)
+                 )->torch.Tensor:
+    "The output of expert e's down-projection, before the routing weight."
+    return _proj(mod, "down_proj", e, h)
+
+# %% ../nbs/05_weights.ipynb #2d01e163
+class _ExpertMLP(nn.Module):
+    "One expert as separate nn.Linear layers (the transformers 4 layout)."
+    def __init__(self, hidden:int, inter:int, act):
+        super().__init__()
+        self.gate_proj, self.up_proj = nn.Linear(hidden, inter, bias=False), nn.Linear(hidden, inter, bias=False)
+        self.down_proj, self.act_fn = nn.Linear(inter, hidden, bias=False), act
+    def forward(self, x): return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+class _ExpertList(nn.ModuleList):
+    "Per-expert nn.Linear experts, called like a fused experts module."
+    def __init__(self, fused:nn.Module):
+        E, I2, H = fused.gate_up_proj.shape
+        super().__init__([_ExpertMLP(H, I2 // 2, fused.act_fn) for _ in range(E)])
+        self.num_experts = E
+        with torch.no_grad():
+            for e, m in enumerate(self):
+                g, u = fused.gate_up_proj[e].chunk(2, dim=0)
+                m.gate_proj.weight.copy_(g); m.up_proj.weight.copy_(u); m.down_proj.weight.copy_(fused.down_proj[e])
+        self.to(fused.gate_up_proj.device, fused.gate_up_proj.dtype)
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        x, idx = routing(self, (hidden_states, top_k_index), {})
+        w = top_k_weights.reshape(len(x), -1)
+        out = torch.zeros_like(x)
+        for e, tok in enumerate(routed_tokens(idx, len(self))):
+            if len(tok): out.index_add_(0, tok, self[e](x[tok]) * (w * (idx == e))[tok].sum(-1, keepdim=True).to(x.dtype))
+        return out.reshape(hidden_states.shape)
+
+def unfuse_experts(model:nn.Module # a causal LM with fused gated experts (transformers 5), changed in place
+                  )->nn.Module:
+    "Store every fused experts module as per-expert nn.Linear layers (gate_proj, up_proj, down_proj): the same function."
+    for name, mod in experts_modules(model):
+        if getattr(mod, "is_transposed", False) or getattr(mod, "has_bias", False) or not hasattr(mod, "gate_up_proj"):
+            raise EsaError(f"unfuse_experts handles gated experts without bias stored (out, in); {name} is not.")
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, _ExpertList(mod).requires_grad_(mod.gate_up_proj.requires_grad))
+    return model
+
+# %% ../nbs/05_weights.ipynb #a456a8b4
+def expert_summary(scores:dict[str, torch.Tensor], # parameter name -> score tensor (native shape)
+                   refs:list[WeightRef], # the selection (the experts' weights are used: fused and per-expert)
+                   selection:dict|None=None, # name -> flat indices of a top-k set, counted per expert
+                  )->list[dict]:
+    "Rows {layer, expert, n, sum, mean, max, topk_count} over the expert weights, one per (layer, expert)."
+    g = {}
+    for r in refs:
+        if r.name not in scores or not (r.fused or r.expert is not None): continue
+        s = scores[r.name].detach().reshape(max(r.n_experts, 1), -1)
+        es = range(r.n_experts) if r.fused else [r.expert]
+        top = torch.as_tensor((selection or {}).get(r.name, []), dtype=torch.long).reshape(-1)
+        counts = torch.bincount(r.expert_of(top).cpu(), minlength=max(es) + 1) if len(top) else None
+        for i, e in enumerate(es):
+            d = g.setdefault((r.layer, e), {"n": 0, "sum": 0.0, "max": -math.inf, "topk_count": 0})
+            d["n"] += s.shape[1]; d["sum"] += float(s[i].double().sum()); d["max"] = max(d["max"], float(s[i].max()))
+            if counts is not None: d["topk_count"] += int(counts[e])
+    order = sorted(g, key=lambda k: (k[0] is None, k[0] or 0, k[1]))
+    return [{"layer": l, "expert": e, **g[l, e], "mean": g[l, e]["sum"] / g[l, e]["n"]} for l, e in order]

@@ -125,11 +125,11 @@ def test_comparison_metrics_and_models(tiny_dirs, tmp_path, capsys):
     assert "tiny-llama/magnitude" in page and "tiny-gpt2/grad_x_weight" in page
 
 
-def test_failing_runbook_exits_1_with_report(tmp_path, capsys):
+def test_failing_runbook_on_bad_input_exits_2_with_report(tmp_path, capsys):
     out = tmp_path / "fail"
     r = call_main(main, ["phase2_profiling", "-p", "metric", "no_such_metric", "-p", "device", "cpu", "--out-dir", out,
                          "--no-progress"], capsys)
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 2, r.stderr
     assert "failed in cell" in r.stderr and "no_such_metric" in r.stderr and "Traceback" not in r.stderr
     assert (out / "phase2_profiling.ipynb").is_file() and (out / "phase2_profiling.html").is_file()
     assert "no_such_metric" in (out / "phase2_profiling.html").read_text(encoding="utf-8")
