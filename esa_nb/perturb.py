@@ -20,7 +20,7 @@ from .topk import TopK, select_seeded, seeded_sweep
 __all__ = ['METHODS', 'NOISE_KINDS', 'BIT_NAMES', 'FLOAT_BITS', 'bits_view', 'tensor_checksum', 'touched_checksum',
            'check_selection', 'FloatBits', 'resolve_bit', 'bit_masks', 'check_method_args', 'PerturbSettings',
            'Perturbation', 'apply_perturbation', 'restore', 'perturbed', 'changeable', 'random_k', 'matched_random',
-           'bottom_k', 'bottom_sweep', 'Matched', 'matched_k']
+           'bottom_k', 'bottom_sweep', 'Matched', 'matched_k', 'per_expert']
 
 # %% ../nbs/09_perturb.ipynb #2dc6edc0
 _INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -632,3 +632,26 @@ def matched_k(selection:Mapping[str, torch.Tensor], # the top-k selection: name 
     record = {"n_bins": n_bins, "n_selected": sum(p["n_selected"] for p in per.values()),
               "n_borrowed": sum(p["n_borrowed"] for p in per.values()), "per_tensor": per}
     return Matched(out, record)
+
+# %% ../nbs/09_perturb.ipynb #fd56baf2
+def per_expert(draw:Callable, # a control: draw(selection, params, ...) -> {name: flat indices}
+               selection:Mapping[str, torch.Tensor], # the top-k selection: name -> flat indices
+               params:Mapping[str, torch.Tensor], # name -> weights
+               groups:Mapping[str, int]|None, # name -> number of experts of a fused tensor (absent or 0: one block)
+               *args, **kwargs, # passed on to `draw`
+              )->dict[str, torch.Tensor]:
+    "Run a control with every fused expert tensor split into one block per expert; picks mapped back to the tensor's flat indices."
+    groups = {n: e for n, e in (groups or {}).items() if e}
+    if not any(n in groups for n in selection): return draw(selection, params, *args, **kwargs)
+    sel, par, back = {}, {}, {}
+    for n, idx in selection.items():
+        idx, E = torch.as_tensor(idx).reshape(-1).to("cpu", torch.int64), groups.get(n, 0)
+        if not E: sel[n], par[n], back[n] = idx, params[n], (n, 0); continue
+        blocks, blk = params[n].detach().reshape(E, -1), params[n].numel() // E
+        for e in range(E):
+            m = (idx >= e * blk) & (idx < (e + 1) * blk)
+            if m.any(): key = f"{n}#expert{e}"; sel[key], par[key], back[key] = idx[m] - e * blk, blocks[e], (n, e * blk)
+    got, out = draw(sel, par, *args, **kwargs), {}
+    for key, pos in got.items(): out.setdefault(back[key][0], []).append(torch.as_tensor(pos) + back[key][1])
+    res = {n: torch.cat(v).sort().values for n, v in out.items()}
+    return Matched(res, got.record) if isinstance(got, Matched) else res

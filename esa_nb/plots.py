@@ -16,13 +16,14 @@ import pandas as pd
 import torch
 
 from .core import EsaError, atomic_path
-from .stats import as_float
+from .stats import as_float, fmt_num, CONDITIONS
 
 # %% auto #0
-__all__ = ['log', 'SUPER', 'RANDOM', 'BOTTOM', 'MATCHED', 'CONDITIONS', 'CONDITION_LABELS', 'CONDITION_COLORS', 'KIND_ORDER',
-           'WIDTH', 'chart_rows', 'save_chart', 'sensitivity_distribution', 'group_stats', 'layer_comparison',
+__all__ = ['log', 'SUPER', 'RANDOM', 'BOTTOM', 'MATCHED', 'CONDITION_LABELS', 'CONDITION_COLORS', 'KIND_ORDER', 'WIDTH',
+           'chart_rows', 'save_chart', 'sensitivity_distribution', 'group_stats', 'layer_comparison',
            'sensitivity_heatmap', 'expert_heatmap', 'baseline_blocks', 'perturbation_effects', 'stability_analysis',
-           'weight_distribution', 'dose_response', 'agreement_matrix', 'save_agreement_plot', 'save_run_plots']
+           'weight_distribution', 'dose_response', 'agreement_matrix', 'spike_profile', 'rank_score', 'core_waterfall',
+           'alpha_response', 'save_agreement_plot', 'save_run_plots']
 
 # %% ../nbs/14_plots.ipynb #329cc17a
 log = logging.getLogger("esa_nb")
@@ -35,11 +36,11 @@ if alt.renderers.active == "default": alt.renderers.enable("svg")
 
 
 # %% ../nbs/14_plots.ipynb #1ad69e02
-SUPER, RANDOM, BOTTOM, MATCHED = "super_weights", "random_k", "bottom_k", "matched_k"
-CONDITIONS = (SUPER, RANDOM, BOTTOM, MATCHED)
+SUPER, RANDOM, BOTTOM, MATCHED = CONDITIONS  # the condition names, defined once in 08_stats
 CONDITION_LABELS = {SUPER: "super weights (top-k)", RANDOM: "random-k", BOTTOM: "bottom-k", MATCHED: "|w|-matched-k"}
 CONDITION_COLORS = {SUPER: "#d62728", RANDOM: "#8c8c8c", BOTTOM: "#1f77b4", MATCHED: "#ff7f0e"}
-KIND_ORDER = ("q", "k", "v", "qkv", "o", "gate", "up", "gate_up", "down", "embed", "pos_embed", "lm_head", "other")
+KIND_ORDER = ("q", "k", "v", "qkv", "o", "gate", "up", "gate_up", "down", "router", "expert_gate", "expert_up", "expert_gate_up",
+              "expert_down", "shared_gate", "shared_up", "shared_down", "embed", "pos_embed", "lm_head", "other")
 WIDTH = 500
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -47,11 +48,7 @@ def _cond_scale():
     "The shared colour scale: super red, random grey, bottom blue, matched orange (by display label)."
     return alt.Scale(domain=[CONDITION_LABELS[c] for c in CONDITIONS], range=[CONDITION_COLORS[c] for c in CONDITIONS])
 
-def _fmt(v:float, digits:int=3)->str:
-    "Short text for a number: '∞', '-∞', 'n/a' or 3 significant digits."
-    if math.isnan(v): return "n/a"
-    if math.isinf(v): return "∞" if v > 0 else "-∞"
-    return f"{v:.{digits}g}"
+def _fmt(v:float, digits:int=3)->str: return fmt_num(v, digits, glyphs=True)  # chart labels: '∞', '-∞', 'n/a'
 
 def _layer_label(v)->str:
     "Axis label of a block index; None / 'None' / 'null' (outside the blocks) -> 'non-block'."
@@ -588,6 +585,72 @@ def agreement_matrix(agreement:dict, # agreement.json: {"runs": [labels], "jacca
     R = heat(_matrix_df(labels, agreement["spearman"], "Spearman ρ"), "Spearman ρ", alt.Scale(scheme="redblue", domain=[-1, 1], reverse=True),
              "Score rank agreement (Spearman ρ)", "datum.value != null && abs(datum.value) > 0.6")
     return alt.hconcat(J, R).resolve_scale(color="independent").properties(title=title)
+
+# %% ../nbs/14_plots.ipynb #b880a0be
+def spike_profile(sw:dict, # superweight_candidates.json (its "layers")
+                  width:int=WIDTH, # chart width in pixels
+                  height:int=260, # chart height in pixels
+                 )->alt.Chart:
+    "Per block: max |input| and max |output| of the MLP down-projection (log scale)."
+    rows = [{"layer": l["layer"], "which": w, "value": l[k], "channel": l[c]} for l in sw.get("layers") or []
+            for w, k, c in (("max |input|", "max_abs_input", "input_channel"), ("max |output|", "max_abs_output", "output_channel"))
+            if l.get(k) is not None and l[k] > 0]
+    if not rows: raise EsaError("the activation scan holds no layer to chart.")
+    return alt.Chart(pd.DataFrame(rows)).mark_line(point=True).encode(
+        x=alt.X("layer:Q", title="block", axis=alt.Axis(tickMinStep=1)), y=alt.Y("value:Q", scale=alt.Scale(type="log"), title="activation (log scale)"),
+        color=alt.Color("which:N", title=None), tooltip=["layer", "which", alt.Tooltip("value:Q", format=".3g"), "channel"]
+    ).properties(width=width, height=height, title=_title("Down-projection activations per block",
+                 "A super weight shows as one block where the largest input and output jump by orders of magnitude (Yu et al. 2024, Fig. 3)."))
+
+def rank_score(top:pd.DataFrame, # top_weights.csv rows (rank, score; one seed)
+               metric:str="score", # metric name for the axis
+               width:int=WIDTH, # chart width in pixels
+               height:int=260, # chart height in pixels
+              )->alt.Chart:
+    "Top-k scores against rank, log-log."
+    df = top[pd.to_numeric(top["score"], errors="coerce") > 0][["rank", "score", "tensor"]]
+    if df.empty: raise EsaError("no positive top-k scores to chart.")
+    return alt.Chart(df).mark_circle(size=30).encode(
+        x=alt.X("rank:Q", scale=alt.Scale(type="log"), title="rank (log)"), y=alt.Y("score:Q", scale=alt.Scale(type="log"), title=f"{metric} (log)"),
+        tooltip=["rank", alt.Tooltip("score:Q", format=".3g"), "tensor"]
+    ).properties(width=width, height=height, title=_title(f"{metric}: score against rank", "Super weights sit far above the heavy-tailed bulk."))
+
+def core_waterfall(core:dict, # causal_core.json
+                   width:int=WIDTH, # chart width in pixels
+                   height:int=260, # chart height in pixels
+                  )->alt.LayerChart:
+    "ΔNLL as the first seed's causal core grows, with the target and the whole top-k's ΔNLL."
+    r = core["per_seed"][str(core["seeds"][0])]
+    rows = [{"step": i, "weight": f"{w['added']['tensor'].replace('model.', '').replace('.weight', '')}[{w['added']['row']}, {w['added']['col']}]",
+             "ΔNLL": as_float(w["delta_nll"])} for i, w in enumerate(r.get("waterfall") or [], 1)]
+    if not rows: raise EsaError("no causal core to chart (the top-k did no damage).")
+    df = pd.DataFrame(rows); order = df.weight.tolist()
+    cap = _cap(df["ΔNLL"].tolist() + [as_float(r["full_delta_nll"])]); df["shown"] = [min(v, cap) for v in df["ΔNLL"]]
+    bars = alt.Chart(df).mark_bar(color=CONDITION_COLORS[SUPER]).encode(
+        x=alt.X("weight:N", sort=order, title="core weights, in rank order (cumulative)"), y=alt.Y("shown:Q", title="ΔNLL (nats/token)"),
+        tooltip=["step", "weight", alt.Tooltip("ΔNLL:Q", format=".3g")])
+    rules = pd.DataFrame([{"what": f"q × top-k (q = {core['q']})", "y": min(as_float(r["target"]), cap)},
+                          {"what": "whole top-k", "y": min(as_float(r["full_delta_nll"]), cap)}])
+    rule = alt.Chart(rules).mark_rule(strokeDash=[4, 3]).encode(y="y:Q", color=alt.Color("what:N", title=None, scale=alt.Scale(range=["#555", "#999"])))
+    return (bars + rule).properties(width=width, height=height, title=_title(
+        f"Causal core: {len(rows)} weight(s), found with {r['evaluations']} evaluations (k = {core['k']})",
+        "ΔNLL of damaging the core's first i weights together; the dashed lines are the target and the whole top-k."))
+
+def alpha_response(rows:list, # causal_core.json "scale_response" (alpha, delta_nll, ci_low, ci_high)
+                   width:int=WIDTH, # chart width in pixels
+                   height:int=260, # chart height in pixels
+                  )->alt.LayerChart:
+    "ΔNLL against α when the causal core is scaled, w <- α·w, with its 95% CI."
+    if not rows: raise EsaError("no alpha sweep to chart.")
+    df = pd.DataFrame(rows)
+    for c in ("delta_nll", "ci_low", "ci_high"): df[c] = [as_float(v) for v in df[c]]
+    cap = _cap(df[["delta_nll", "ci_high"]].to_numpy().ravel().tolist())
+    for c in ("delta_nll", "ci_low", "ci_high"): df[c] = df[c].clip(upper=cap)
+    base = alt.Chart(df).encode(x=alt.X("alpha:Q", title="α (the core's weights scaled by α; 1 = intact)"))
+    return (base.mark_area(opacity=0.2, color=CONDITION_COLORS[SUPER]).encode(y="ci_low:Q", y2="ci_high:Q")
+            + base.mark_line(point=True, color=CONDITION_COLORS[SUPER]).encode(y=alt.Y("delta_nll:Q", title="ΔNLL (nats/token)"),
+                                                                           tooltip=["alpha", alt.Tooltip("delta_nll:Q", format=".3g")])
+           ).properties(width=width, height=height, title=_title("Scaling the causal core", "Yu et al. 2024, Fig. 6: the loss against α."))
 
 # %% ../nbs/14_plots.ipynb #2bf43e05
 def save_agreement_plot(out_dir:str|Path, # directory for the PNG

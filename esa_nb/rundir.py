@@ -26,7 +26,7 @@ __all__ = ['RUN_OUTPUTS', 'clear_outputs', 'write_csv', 'top_weights_rows', 'rea
 # %% ../nbs/13_rundir.ipynb #74db3cf9
 RUN_OUTPUTS = ("baseline_metrics.json", "sensitivity_stats.json", "top_weights.csv", "superweight_candidates.json",
                "perturbation_results.json", "control_analysis.json", "stability_summary.json", "dose_response.csv",
-               "bit_flips.json", "experiment_manifest.json", "config.json")
+               "bit_flips.json", "causal_core.json", "causal_weights.csv", "scale_response.csv", "experiment_manifest.json", "config.json")
 
 def clear_outputs(out:Path # a run directory being (re)used with --overwrite
                  )->Path:
@@ -258,6 +258,17 @@ def _expert_rows(run:Path, # a run directory
     g = top.dropna(subset=["expert"]).groupby(["layer", "expert"]).size()
     return [{"layer": int(l), "expert": int(e), "topk_count": int(n)} for (l, e), n in g.items()]
 
+def _superweight_charts(run:Path, P, metric:str)->list:
+    "(name, builder) of the super-weight charts: activation spikes, rank against score, the causal core and its alpha sweep."
+    b, sw, cc = [], read_run_file(run/"superweight_candidates.json"), read_run_file(run/"causal_core.json")
+    if sw and sw.get("layers"): b.append(("spike_profile", lambda: P.spike_profile(sw)))
+    if (run/"top_weights.csv").is_file() and (run/"top_weights.csv").stat().st_size:
+        b.append(("rank_score", lambda: P.rank_score(Run(run).top, metric)))
+    if cc:
+        b.append(("core_waterfall", lambda: P.core_waterfall(cc)))
+        if cc.get("scale_response"): b.append(("alpha_response", lambda: P.alpha_response(cc["scale_response"])))
+    return b
+
 def run_charts(run_dir:str|Path, # a run directory (or a comparison directory holding agreement.json)
                metric:str|None=None, # metric name for the titles (default: from the run's files)
                topk:int|None=None, # k for the titles (default: from the run's files)
@@ -286,6 +297,7 @@ def run_charts(run_dir:str|Path, # a run directory (or a comparison directory ho
     if stab: b.append(("stability_analysis", lambda: P.stability_analysis(stab)))
     if (run/"dose_response.csv").exists(): b.append(("dose_response", lambda: P.dose_response(run/"dose_response.csv")))
     if agr: b.append(("agreement_matrix", lambda: P.agreement_matrix(agr)))
+    b += _superweight_charts(run, P, metric)
     out = {}
     for name, build in b:
         try: out[name] = build()

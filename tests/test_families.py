@@ -47,6 +47,15 @@ FAMILIES = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    "Tiny models run fastest on one thread; on a shared machine OpenMP's waiting threads cost milliseconds per operation."
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def build(family, seed=0):
     "The tiny model of a family (eval mode, gradients off), or a pytest skip saying why it cannot be built offline."
     import transformers
