@@ -688,7 +688,12 @@ def verdict(res:dict, # condition name (see CONDITIONS) -> pooled result (`pool_
     parts = [f"super_weights broke the model (ΔNLL inf, CI lower bound {fmt_num(lo)})" if math.isinf(a) else
              f"ΔNLL super {fmt_num(a)} (95% CI {fmt_num(lo)}..{fmt_num(hi)})"]
     ok = lo > 0
-    if not ok: parts.append(f"the super-weight CI lower bound {fmt_num(lo)} is not above 0")
+    seed_lo = [as_float(v["delta_nll_ci"][0]) for v in (sup.get("per_seed") or {}).values() if v.get("delta_nll_ci")]
+    if not ok and sup.get("few_seeds") and seed_lo and all(x > 0 for x in seed_lo):  # rule 2b: too few seeds for a pooled interval
+        ok = True
+        parts.append(f"with {len(seed_lo)} seeds the pooled interval is uninformative, but every seed's own CI is above 0 "
+                     f"(lower bounds {', '.join(fmt_num(x) for x in seed_lo)})")
+    elif not ok: parts.append(f"the super-weight CI lower bound {fmt_num(lo)} is not above 0")
     if not a >= min_effect:
         parts.append(f"super ΔNLL {fmt_num(a)} is below the minimum effect of {fmt_num(min_effect)} nats"); ok = False
     for cond in ("random_k", "bottom_k", "matched_k"):

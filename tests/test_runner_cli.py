@@ -203,3 +203,24 @@ def test_pooled_ci_over_seeds(tiny_dirs, tmp_path, capsys):
     import csv
     rows = list(csv.DictReader(open(out / "top_weights.csv")))
     assert {r["seed"] for r in rows} == {"1", "2"} and len(rows) == 20 and "consensus_rank" in rows[0]
+
+
+def test_resume_an_interrupted_run(tiny_dirs, tmp_path, capsys):
+    "Ctrl-C names the exact command to continue; --resume reuses the scored seeds; other options or a complete run are refused."
+    out = tmp_path / "run"
+    orig = study.run_condition
+    def boom(*a, **k): raise KeyboardInterrupt
+    study.run_condition = boom
+    try: r = call_main(main, _args(tiny_dirs["llama"], out, "--seeds", "5,6", "--perturb", "zero"), capsys)
+    finally: study.run_condition = orig
+    assert r.returncode == 130 and "--resume" in r.stderr and str(out) in r.stderr
+    assert json.loads((out / "experiment_manifest.json").read_text())["status"] == "interrupted"
+    r = call_main(main, _args(tiny_dirs["llama"], out, "--seeds", "5,6", "--perturb", "zero", "--metric", "magnitude", "--resume"), capsys)
+    assert_clean_error(r, "--resume", "other options", "--metric")
+    r = call_main(main, _args(tiny_dirs["llama"], out, "--seeds", "5,6", "--perturb", "zero", "--resume"), capsys)
+    assert r.returncode == 0, r.stderr
+    man = json.loads((out / "experiment_manifest.json").read_text())
+    assert man["status"] == "complete" and len(man["score_reuse"]) == 2  # both seeds' scores were kept from the interrupted run
+    assert_clean_error(call_main(main, _args(tiny_dirs["llama"], out, "--seeds", "5,6", "--perturb", "zero", "--resume"), capsys),
+                       "is complete")
+    assert_clean_error(call_main(main, _args(tiny_dirs["llama"], tmp_path / "none", "--resume"), capsys), "no interrupted esa run")
