@@ -416,10 +416,12 @@ def sec_plain(cfg, R):
     try:
         for i in range(cfg.plain_repeats):  # interleaved, so that machine load affects both alike
             # each command runs under a fresh worker process, whose RUSAGE_CHILDREN peak is that command's alone
-            for name, cmd in (("esa_nb", esa + ["--out-dir", str(tmp / f"run{i}")]), ("plain", plain)):
+            # a parent directory per run: no run may reuse another's saved scores (siblings are searched by design)
+            for name, cmd in (("esa_nb", esa + ["--out-dir", str(tmp / f"run{i}" / "out")]), ("plain", plain)):
                 r = run_worker("measure", {"cmd": cmd})
                 if name == "esa_nb":
-                    man = json.loads((tmp / f"run{i}" / "experiment_manifest.json").read_text()); r["phases"] = man["phase_seconds"]
+                    man = json.loads((tmp / f"run{i}" / "out" / "experiment_manifest.json").read_text()); r["phases"] = man["phase_seconds"]
+                    assert not man.get("score_reuse"), "a benchmark run reused saved scores"
                 runs[name].append(r)
     finally: shutil.rmtree(tmp, ignore_errors=True)
     med = {n: {k: statistics.median(x[k] for x in v) for k in ("wall_s", "peak_rss")} for n, v in runs.items()}

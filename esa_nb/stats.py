@@ -201,7 +201,7 @@ def _sorted_canonical(x:torch.Tensor)->torch.Tensor:
     return _sorted(x).add_(0.0)
 
 class _RadixSelect:
-    "Two-pass exact selection of order statistics over a stream of sorted fp32 tensors."
+    "Two-pass exact selection of order statistics over a stream of fp32 tensors (sorted in pass 1, any order in pass 2)."
     def __init__(self):
         self.cnt = torch.zeros(_B, dtype=torch.int64); self.n = 0
         self.lo, self.slot, self.sum_bins, self.sums = None, {}, [], {}
@@ -226,16 +226,17 @@ class _RadixSelect:
         self.lo = torch.zeros(len(bins) * _B, dtype=torch.int64)
         self.sum_bins = sorted({self._bin(r)[0] for r in sum_ranks}); self.sums = {b: [0.0, 0.0] for b in self.sum_bins}
 
-    def refine(self, s:torch.Tensor # sorted values without −0.0, as in pass 1
+    def refine(self, x:torch.Tensor # flat values without −0.0, in any order (no sort needed)
               )->None:
-        "Pass 2: histogram the low 16 bits inside the planned bins; sum values and logs above the sum bins."
-        st = _STARTS.to(s.device)
-        for b, i in self.slot.items():
-            l, r = torch.searchsorted(s, st[b:b + 2]).tolist()
-            if r > l: self.lo[i * _B:(i + 1) * _B] += torch.bincount(_keys(s[l:r]) & (_B - 1), minlength=_B).cpu()
-        for b in self.sum_bins:  # entries above bin b are > 0
-            r = int(torch.searchsorted(s, st[b + 1:b + 2])[0])
-            self.sums[b][0] += _chunked_sum(s[r:]); self.sums[b][1] += _chunked_sum(s[r:], lambda c, i: c.log())
+        "Pass 2: histogram the low 16 bits inside the planned bins; sum values and logs above the sum bins (streamed)."
+        for a in range(0, x.numel(), _CHUNK):
+            c = x[a:a + _CHUNK]; k = _keys(c); hb = k >> 16
+            for b, i in self.slot.items():
+                m = hb == b
+                if m.any(): self.lo[i * _B:(i + 1) * _B] += torch.bincount(k[m] & (_B - 1), minlength=_B).cpu()
+            for b in self.sum_bins:  # entries above bin b are > 0
+                v = c[hb > b].double()
+                self.sums[b][0] += float(v.sum()); self.sums[b][1] += float(v.log().sum())
 
     def key_at(self, r:int)->int:
         "The key of the r-th smallest value (0-based)."
@@ -315,9 +316,9 @@ def _score_overall(scores:dict, names:list, moments:dict, sample:list, RX, RA, N
     share_c = {k: _top_count(N, inv) for k, inv in TOP_SHARES.items()}
     RX.plan([r for j, _ in q_ranks.values() for r in (j, min(j + 1, N - 1))])
     RA.plan([N - m - 1] if m else [], [N - c for c in share_c.values()] + ([N - m] if m else []))
-    for n in names:
-        x = _work(scores[n]); sx = _sorted_canonical(x)
-        RX.refine(sx); RA.refine(sx if moments[n].min >= 0 else _sorted_canonical(x.abs())); del sx
+    for n in names:  # no second sort: only the entries inside the planned bins are counted
+        x = _work(scores[n]) + 0.0  # −0.0 -> +0.0, as in pass 1
+        RX.refine(x); RA.refine(x if moments[n].min >= 0 else x.abs()); del x
     total = Moments()
     for mom in moments.values(): total = total.merge(mom)
     ov = total.as_dict()
