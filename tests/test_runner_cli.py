@@ -82,13 +82,18 @@ def test_scores_from_and_reuse(tiny_dirs, tmp_path, capsys):
     assert_clean_error(r, "--scores-from", "model")
 
 
-def test_ctrl_c_keeps_files_complete_and_rerun_reuses_scores(tiny_dirs, tmp_path, capsys):
-    out = tmp_path / "run"
+def _interrupted(cmd, argv, capsys):
+    "Run a command that is interrupted (Ctrl-C) at its first damaged condition, after every seed has been scored."
     orig = study.run_condition
     def boom(*a, **k): raise KeyboardInterrupt
     study.run_condition = boom
-    try: r = call_main(main, _args(tiny_dirs["llama"], out, "--seeds", "5", "--perturb", "zero"), capsys)
+    try: return call_main(cmd, argv, capsys)
     finally: study.run_condition = orig
+
+
+def test_ctrl_c_keeps_files_complete_and_rerun_reuses_scores(tiny_dirs, tmp_path, capsys):
+    out = tmp_path / "run"
+    r = _interrupted(main, _args(tiny_dirs["llama"], out, "--seeds", "5", "--perturb", "zero"), capsys)
     assert r.returncode == 130
     for f in out.rglob("*"):  # everything written is complete: JSON parses, no temp files left
         assert not f.name.endswith(".tmp"), f
@@ -208,11 +213,7 @@ def test_pooled_ci_over_seeds(tiny_dirs, tmp_path, capsys):
 def test_resume_an_interrupted_run(tiny_dirs, tmp_path, capsys):
     "Ctrl-C names the exact command to continue; --resume reuses the scored seeds; other options or a complete run are refused."
     out = tmp_path / "run"
-    orig = study.run_condition
-    def boom(*a, **k): raise KeyboardInterrupt
-    study.run_condition = boom
-    try: r = call_main(main, _args(tiny_dirs["llama"], out, "--seeds", "5,6", "--perturb", "zero"), capsys)
-    finally: study.run_condition = orig
+    r = _interrupted(main, _args(tiny_dirs["llama"], out, "--seeds", "5,6", "--perturb", "zero"), capsys)
     assert r.returncode == 130 and "--resume" in r.stderr and str(out) in r.stderr
     assert json.loads((out / "experiment_manifest.json").read_text())["status"] == "interrupted"
     r = call_main(main, _args(tiny_dirs["llama"], out, "--seeds", "5,6", "--perturb", "zero", "--metric", "magnitude", "--resume"), capsys)
