@@ -73,6 +73,7 @@ def torchrun_env(strict:bool=True # refuse a partial set that claims several pro
                        f"lacks {', '.join(missing)}: variables left over from another job, not a torchrun launch. {_UNSET}")
     return env
 
+# %% ../nbs/20_distributed.ipynb #451f85bf
 def _timeout(minutes:float|None)->_dt.timedelta:
     "The collective timeout: `minutes`, else $ESA_DIST_TIMEOUT_MIN, else 60; a non-positive or non-numeric value is an `EsaError`."
     raw = minutes if minutes is not None else os.environ.get("ESA_DIST_TIMEOUT_MIN", 60)
