@@ -13,7 +13,7 @@ from pathlib import Path
 from .core import EsaError, parse_int_list, check_path_length
 from .models import DEFAULT_MODEL
 from .baseline import add_model_args, add_data_args, add_run_args, model_slug
-from .metrics import METRICS, METRIC_SPECS
+from .metrics import METRICS
 from .perturb import METHODS, NOISE_KINDS, PerturbSettings
 from .stats import MIN_EFFECT, CONDITIONS
 from .store import SCORE_DTYPES

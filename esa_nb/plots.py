@@ -13,7 +13,6 @@ from pathlib import Path
 import altair as alt
 import numpy as np
 import pandas as pd
-import torch
 
 from .core import EsaError, atomic_path
 from .stats import as_float, fmt_num, CONDITIONS

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .core import EsaError, cli_entry
-from .config import EsaConfig, runner_parser
+from .config import EsaConfig
 from .distributed import DistEnv, dist_env, barrier, shutdown, is_main
 from .stats import fmt_num
 from .study import Study
