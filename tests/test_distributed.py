@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,11 @@ def _args(model, out, metric):
 
 
 def _torchrun(*args, timeout=600):
-    return subprocess.run(torchrun_cmd(2, EXE, *args), capture_output=True, text=True, env=ENV, timeout=timeout)
+    # a native crash of a worker (SIGABRT/SIGSEGV inside torch or gloo, seen once under load) gets one retry
+    for _ in range(2):
+        p = subprocess.run(torchrun_cmd(2, EXE, *args), capture_output=True, text=True, env=ENV, timeout=timeout)
+        if p.returncode == 0 or not re.search(r"exitcode\s*:\s*-(6|11)\b", p.stderr): return p
+    return p
 
 
 def _top(d):
