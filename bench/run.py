@@ -197,7 +197,9 @@ def w_metric(a):
            "fixed_s": m0 - b0, "marginal_ratio": marginal,
            "tokens": int(B.numel()), "weight_bytes": _weight_bytes(model), "selected_weights": sum(r.numel for r in refs),
            "ru_maxrss": _ru_maxrss(), "rss_loaded": rss_loaded, "metric_extra_bytes": pk.extra,
-           "bare_extra_bytes": pk_bare.extra, "samples": a["K"] if a["metric"] == "hutchinson_diag" else a["S"] if a["metric"] == "hessian_diag" else None,
+           "bare_extra_bytes": pk_bare.extra, "score_bytes": 4 * sum(r.numel for r in refs),
+           "grad_bytes": sum(r.numel * r.param.element_size() for r in refs), "fp32_weight_bytes": 4 * sum(p.numel() for p in model.parameters()),
+           "logits_bytes": a["bs"] * B.shape[1] * model.get_output_embeddings().weight.shape[0] * 4, "samples": a["K"] if a["metric"] == "hutchinson_diag" else a["S"] if a["metric"] == "hessian_diag" else None,
            "device": str(dev)})
 
 
@@ -391,6 +393,26 @@ def sec_metrics(cfg, R):
           "  16-token time): the ratio for long calibration runs, where per-token work dominates. per sample = marginal ratio / K or S.\n"
           "  peak RSS = ru_maxrss of the metric's process (model load included); extra = peak during the step - memory before it\n"
           "  (first full-size run, after malloc_trim).")
+    _memory_breakdown(cfg, res)
+
+
+def _memory_breakdown(cfg, res):
+    "Where a gradient metric's memory goes, against the target: weights + its extra <= 2.5 x fp32 weights + one batch's activations."
+    from esa_nb.metrics import METRIC_SPECS
+    rows = []
+    for m, r in res.items():
+        if not METRIC_SPECS[m].needs_grad: continue
+        W, S, G, L = r["weight_bytes"], r["score_bytes"], r["grad_bytes"], r["logits_bytes"]
+        A = max(0, r["bare_extra_bytes"] - G)  # a bare forward+backward's peak beyond its gradients: one batch's activations
+        used, bound = W + r["metric_extra_bytes"], 2.5 * r["fp32_weight_bytes"] + A
+        rows.append([m, _gb(W), _gb(S), _gb(G), _gb(A), _gb(L), _gb(r["metric_extra_bytes"]), _gb(used), _gb(bound), f(used / bound)])
+    table(f"Peak memory of the gradient metrics ({cfg.m_blocks} blocks x {cfg.m_seq} tokens per batch; target: weights + extra <= "
+          "2.5 x fp32 weights + activations of one batch)",
+          ["metric", "weights", "score buffers", "gradients", "activations", "of which logits", "metric extra", "weights + extra",
+           "bound", "ratio (<= 1)"], rows)
+    print("  score buffers = 4 bytes per selected weight; gradients = the selected weights' .grad in their dtype; activations = the\n"
+          "  peak of a bare forward+backward of one batch beyond its gradients (measured); logits = batch x tokens x vocabulary x 4 bytes\n"
+          "  (computed, part of the activations); metric extra = the metric's measured peak beyond the loaded model.")
 
 
 def sec_topk(cfg, R):

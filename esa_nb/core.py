@@ -512,23 +512,32 @@ class RunManifest:
         self.out_dir, self.config, self.tool = Path(out_dir), dict(config), tool
         self.argv = list(sys.argv if argv is None else argv)
         self.started, self.t0 = _now(), time.perf_counter()
-        self.phases, self.extra, self.device = {}, {}, None
+        self.phases, self.extra, self.device, self.peaks = {}, {}, None, {}
 
     @contextlib.contextmanager
     def phase(self, name:str # phase name, e.g. 'baseline'
              ):
-        "Time a phase (wall seconds, accumulated if the phase repeats)."
+        "Time a phase (wall seconds, accumulated if the phase repeats); note the process's peak memory so far at its end."
         t = time.perf_counter()
         get_logger().debug(f"phase {name}: start")
         try: yield
         finally:
             dt = time.perf_counter() - t
             self.phases[name] = self.phases.get(name, 0.0) + dt
+            self.peaks[name] = peak_memory(self.device)  # peaks only grow: the first phase that reaches the run's peak set it
             get_logger().debug(f"phase {name}: {dt:.2f} s (total {self.phases[name]:.2f} s)")
 
     def update(self, **kw):
         "Record extra fields (model and data hashes, seeds, world size, ...)."
         self.extra.update(kw); return self
+
+    def _memory(self)->dict:
+        "The run's peak memory, and the phase during which each peak (RSS, CUDA allocated) was reached."
+        out = peak_memory(self.device)
+        for k, v in list(out.items()):
+            out[f"{k.replace('_bytes', '')}_set_in"] = next((n for n, p in self.peaks.items() if p.get(k) == v), None)
+        out["after_phase"] = {n: p["peak_rss_bytes"] for n, p in self.peaks.items()}
+        return out
 
     def as_dict(self, status:str="complete")->dict:
         return {"tool": self.tool, "status": status, "command": " ".join(self.argv), "argv": self.argv,
@@ -537,7 +546,7 @@ class RunManifest:
                 "device_name": device_name(self.device) if self.device else None,
                 **self.extra, "started": self.started, "finished": _now(),
                 "wall_seconds": time.perf_counter() - self.t0, "phase_seconds": self.phases,
-                "memory": peak_memory(self.device)}
+                "memory": self._memory()}
 
     def write(self, status:str="complete" # 'complete', 'running' or 'failed'
              )->Path:

@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.stats
 import torch
 
 from .core import EsaError
@@ -181,8 +180,8 @@ _SIGN = 1 << 31
 
 def _keys(v:torch.Tensor)->torch.Tensor:
     "Monotone int64 keys in [0, 2³²) of flat fp32 values: key order = numeric order (−0.0 below +0.0)."
-    b = v.contiguous().view(torch.int32).long()
-    return torch.where(b >= 0, b + _SIGN, -1 - b)
+    b = v.contiguous().view(torch.int32)
+    return (b ^ ((b >> 31) | -_SIGN)).long() & 0xFFFFFFFF  # b >= 0: b + 2³¹; b < 0: −1 − b (int32 bit ops, then widened)
 
 def _key_values(k:torch.Tensor)->torch.Tensor:
     "Inverse of `_keys`: the fp32 value of each key."
@@ -223,20 +222,23 @@ class _RadixSelect:
         "After pass 1: choose the bins to refine so that every rank in `ranks` and `sum_ranks` can be read."
         bins = sorted({self._bin(r)[0] for r in [*ranks, *sum_ranks]})
         self.slot = {b: i for i, b in enumerate(bins)}
+        self.table = torch.full((_B,), -1, dtype=torch.int64); self.table[bins] = torch.arange(len(bins))  # bin -> slot or -1
         self.lo = torch.zeros(len(bins) * _B, dtype=torch.int64)
         self.sum_bins = sorted({self._bin(r)[0] for r in sum_ranks}); self.sums = {b: [0.0, 0.0] for b in self.sum_bins}
 
     def refine(self, x:torch.Tensor # flat values without −0.0, in any order (no sort needed)
               )->None:
         "Pass 2: histogram the low 16 bits inside the planned bins; sum values and logs above the sum bins (streamed)."
-        for a in range(0, x.numel(), _CHUNK):
+        table = self.table.to(x.device)
+        for a in range(0, x.numel(), _CHUNK):  # one gather and one bincount per chunk, whatever the number of bins
             c = x[a:a + _CHUNK]; k = _keys(c); hb = k >> 16
-            for b, i in self.slot.items():
-                m = hb == b
-                if m.any(): self.lo[i * _B:(i + 1) * _B] += torch.bincount(k[m] & (_B - 1), minlength=_B).cpu()
-            for b in self.sum_bins:  # entries above bin b are > 0
-                v = c[hb > b].double()
-                self.sums[b][0] += float(v.sum()); self.sums[b][1] += float(v.log().sum())
+            sl = table[hb]; m = sl >= 0
+            if self.slot and m.any(): self.lo += torch.bincount(sl[m] * _B + (k[m] & (_B - 1)), minlength=len(self.lo)).cpu()
+            if not self.sum_bins: continue
+            top = hb > self.sum_bins[0]; v, hv = c[top].double(), hb[top]  # entries above the lowest sum bin (all > 0)
+            for b in self.sum_bins:
+                w = v[hv > b]
+                self.sums[b][0] += float(w.sum()); self.sums[b][1] += float(w.log().sum())
 
     def key_at(self, r:int)->int:
         "The key of the r-th smallest value (0-based)."
@@ -291,15 +293,21 @@ def _check_map(mapping:dict|None, names:list[str], what:str)->None:
         raise EsaError(f"{what} has no entry for {len(missing)} of the {len(names)} score tensors (first: {missing[0]!r}); "
                        f"every scored tensor needs a {what.split('_')[0]} so that aggregates add up to the overall totals.")
 
+def _prepare(t:torch.Tensor # one score tensor
+            )->tuple:
+    "(x, moments, sorted x, sorted |x|) of one tensor."
+    x = _work(t); mom = Moments()
+    for s in range(0, x.numel(), _CHUNK): mom = mom.merge(Moments._of_chunk(x[s:s + _CHUNK].double()))
+    sx = _sorted_canonical(x)
+    return x, mom, sx, sx if mom.min >= 0 else _sorted_canonical(x.abs())
+
 def _score_pass1(scores:dict, names:list, draws:list, gen, hill_frac, hill_m_min, hill_m_max, exact_gini:bool):
     "Pass 1, tensor by tensor: moments and per-tensor statistics, coarse radix counts of x and |x|, the Gini subsample."
     RX, RA = _RadixSelect(), _RadixSelect()  # order statistics of x, and of |x|
     per_tensor, moments, sample = {}, {}, []
     for n, d in zip(names, draws):
-        x = _work(scores[n]); mom = Moments()
-        for s in range(0, x.numel(), _CHUNK): mom = mom.merge(Moments._of_chunk(x[s:s + _CHUNK].double()))
+        x, mom, sx, sa = _prepare(scores[n])
         moments[n] = mom
-        sx = _sorted_canonical(x); sa = sx if mom.min >= 0 else _sorted_canonical(x.abs())
         RX.add(sx); RA.add(sa)
         st = mom.as_dict(); st.update(_quantiles_sorted(sx))
         st["max_over_median"] = _max_over_median(st["max"], st["q0.5"])
@@ -519,6 +527,7 @@ def spearman(x, # scores of one seed on a list of entries (1-D)
     if len(x) != len(y): raise EsaError(f"spearman needs two score lists over the same entries; got lengths {len(x)} and {len(y)}.")
     if not (np.isfinite(x).all() and np.isfinite(y).all()): raise EsaError("spearman got NaN or infinite scores; rank only finite scores.")
     if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0: return math.nan  # ranks of a constant side are undefined
+    import scipy.stats  # imported when used: it costs most of a second at start-up
     return float(scipy.stats.spearmanr(x, y).statistic)
 
 def stability_summary(topk_sets:dict, # seed -> set of selected keys (e.g. TopK.key_set())
@@ -592,6 +601,7 @@ def seed_interval(delta_per_seed, # ΔNLL of each seed (S ≥ 2 finite values), 
     a = x.var(ddof=1) / S; b = float(se_blocks) ** 2 if np.isfinite(se_blocks) else 0.0
     den = a * a / (S - 1) + (b * b / (n_blocks - 1) if n_blocks > 1 else 0.0)
     df = (a + b) ** 2 / den if den > 0 else float(S - 1)
+    import scipy.stats  # imported when used: it costs most of a second at start-up
     q = float(scipy.stats.t.ppf((1 + ci) / 2, df)); se = math.sqrt(a + b); m = float(x.mean())
     return {"ci": [m - q * se, m + q * se], "mean": m, "se": se, "se_seeds": math.sqrt(a), "se_blocks": math.sqrt(b), "df": df, "t": q}
 
@@ -724,6 +734,16 @@ def _chunks(t:torch.Tensor): # a tensor of any shape, dtype and device
     x = t.detach().reshape(-1)
     for s in range(0, x.numel(), _HCHUNK): yield x[s:s + _HCHUNK].float()
 
+def _finite(c:torch.Tensor # a flat fp32 chunk
+           )->tuple:
+    "(finite values, their min, their max, how many were not finite); one min-max pass when all are finite."
+    lo, hi = (float(v) for v in torch.aminmax(c))  # a NaN or an infinity shows in the extremes
+    if math.isfinite(lo) and math.isfinite(hi): return c, lo, hi, 0
+    fin = torch.isfinite(c); bad = int((~fin).sum()); c = c[fin]
+    if not c.numel(): return c, math.inf, -math.inf, bad
+    lo, hi = (float(v) for v in torch.aminmax(c))
+    return c, lo, hi, bad
+
 def _check_bins(bins)->int:
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
         raise EsaError(f"bins must be a positive integer (the number of histogram bins), got {bins!r}.")
@@ -744,11 +764,10 @@ def log_histogram(scores:dict[str, torch.Tensor], # parameter name -> score tens
     n = n_zero = n_neg = n_nonfinite = 0; mn, mx = math.inf, -math.inf
     for t in scores.values():  # pass 1: counts and the positive range
         for c in _chunks(t):
-            n += c.numel(); fin = torch.isfinite(c)
-            if not bool(fin.all()): n_nonfinite += int((~fin).sum()); c = c[fin]
+            n += c.numel(); c, lo_c, hi_c, bad = _finite(c); n_nonfinite += bad
+            if lo_c > 0: mn = min(mn, lo_c); mx = max(mx, hi_c); continue  # all positive: nothing to mask
             n_zero += int((c == 0).sum()); n_neg += int((c < 0).sum())
-            p = c[c > 0]
-            if p.numel(): mn = min(mn, float(p.min())); mx = max(mx, float(p.max()))
+            if hi_c > 0: mn = min(mn, float(c[c > 0].min())); mx = max(mx, hi_c)
     if n_nonfinite:
         raise EsaError(f"log_histogram got {n_nonfinite} NaN or infinite scores; scores must be finite (see esa_nb.topk.check_scores).")
     out = {"log10_edges": [], "counts": [], "n_zero": n_zero, "n_negative": n_neg, "n": n, "n_positive": n - n_zero - n_neg,
@@ -759,7 +778,7 @@ def log_histogram(scores:dict[str, torch.Tensor], # parameter name -> score tens
     counts = torch.zeros(bins, dtype=torch.float64)
     for t in scores.values():  # pass 2: counts on the common edges
         for c in _chunks(t):
-            p = c[c > 0]
+            p = c if float(c.min()) > 0 else c[c > 0]
             if p.numel(): counts += torch.histc(p.double().log10_().clamp_(lo, hi), bins, lo, hi).cpu()
     out["log10_edges"] = np.linspace(lo, hi, bins + 1).tolist(); out["counts"] = [int(v) for v in counts.tolist()]
     return out
@@ -776,12 +795,12 @@ def value_histogram(tensors:dict[str, torch.Tensor], # parameter name -> tensor 
     _check_tensors(tensors, "value_histogram"); bins = _check_bins(bins)
     if spacing not in ("auto", "linear", "asinh"): raise EsaError(f"spacing must be 'auto', 'linear' or 'asinh', got {spacing!r}.")
     n = n_nonfinite = n_fin = 0; mn, mx, ss = math.inf, -math.inf, 0.0
+    inside = lo is None and hi is None  # the range is the data's: every finite value is inside it
     if lo is None or hi is None or (spacing != "linear" and linthresh is None):  # pass 1: range and root mean square
         for t in tensors.values():
             for c in _chunks(t):
-                fin = torch.isfinite(c)
-                if not bool(fin.all()): c = c[fin]
-                if c.numel(): mn = min(mn, float(c.min())); mx = max(mx, float(c.max())); ss += float(c.double().square().sum()); n_fin += c.numel()
+                c, lo_c, hi_c, _ = _finite(c)
+                if c.numel(): mn = min(mn, lo_c); mx = max(mx, hi_c); ss += float(c.double().square().sum()); n_fin += c.numel()
     lo = mn if lo is None else float(lo); hi = mx if hi is None else float(hi)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         N = sum(t.numel() for t in tensors.values())
@@ -801,10 +820,10 @@ def value_histogram(tensors:dict[str, torch.Tensor], # parameter name -> tensor 
     counts = torch.zeros(bins, dtype=torch.float64); below = above = 0
     for t in tensors.values():  # pass 2: counts on the common edges
         for c in _chunks(t):
-            n += c.numel(); fin = torch.isfinite(c)
-            if not bool(fin.all()): n_nonfinite += int((~fin).sum()); c = c[fin]
-            c = c.double(); below += int((c < lo).sum()); above += int((c > hi).sum())
-            c = c[(c >= lo) & (c <= hi)]
+            n += c.numel(); c, _, _, bad = _finite(c); n_nonfinite += bad
+            c = c.double()
+            if not inside:
+                below += int((c < lo).sum()); above += int((c > hi).sum()); c = c[(c >= lo) & (c <= hi)]
             if c.numel(): counts += torch.histc(f(c).clamp_(ulo, uhi), bins, ulo, uhi).cpu()
     return {"edges": edges, "counts": [int(v) for v in counts.tolist()], "n": n, "n_below": below, "n_above": above,
             "n_nonfinite": n_nonfinite, "spacing": spacing, "linthresh": c0 if spacing == "asinh" else None}

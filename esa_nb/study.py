@@ -12,6 +12,7 @@ import shutil
 import threading
 import tempfile
 import weakref
+from contextlib import nullcontext
 from pathlib import Path
 
 import pandas as pd
@@ -33,7 +34,7 @@ from .topk import topk_sweep, select_topk, TopK
 from .stats import (score_stats, paired_delta, pool_condition, verdict, stability_summary, per_tensor_jaccard, jaccard, fmt_num,
                           log_histogram, value_histogram, layer_kind_summary)
 from .perturb import perturbed, matched_random, matched_k, bottom_sweep, per_expert, resolve_bit, PerturbSettings
-from .superweight import scan_superweights, rank_candidates, router_load
+from .superweight import SpikeScan, down_projections, scan_superweights, rank_candidates, router_load
 from .store import score_key, save_scores, load_scores, find_scores, copy_scores, scores_at, write_safetensors
 from . import rundir as RD
 from .causal import SetEffects, core_search, ChannelHold, frequent_tokens, token_probs, read_weights_file
@@ -176,7 +177,7 @@ class Profile(Result):
                 ):
         self.study, self.cfg, self.metric, self.mode, self.seeds, self.ks = study, cfg, cfg.metric, cfg.mode, cfg.seeds, cfg.topk
         self.paths, self.tops, self.bottoms, self.reuse, self.info, self.raw0 = {}, {}, {}, {}, {}, None
-        self.data, self.superweights = {}, None
+        self.data, self.superweights, self.spikes = {}, None, None  # spikes: the scan recorded while profiling
 
     def scores(self, seed:int # one of the profile's seeds
               )->dict:
@@ -258,6 +259,7 @@ def _options(self:Study, **kw)->EsaConfig:
 def _seed_scores(self:Study, prof:Profile, # the profile being built
                  seed:int, # the seed
                  data, # this seed's `TextData`
+                 scan:SpikeScan|None=None, # hooks that record the super-weight scan during the scoring passes (if any run)
                 ):
     "This seed's (scores, raw): from the store when a file with the same key exists, else computed and stored at once."
     c = prof.cfg
@@ -277,9 +279,11 @@ def _seed_scores(self:Study, prof:Profile, # the profile being built
         else: dst = Path(found)
         writer = None
     else:
-        res = compute_scores(self.model, self.refs, data.calib, c.metric, batch_size=c.batch_size, seed=seed,
-                             hutchinson_samples=c.hutchinson_samples, hessian_mc_samples=c.hessian_mc_samples, progress=self.progress,
-                             loss_chunk=c.loss_chunk, grad_checkpointing=c.grad_checkpointing, dist=self.env if self.env.distributed else None)
+        with scan if scan is not None else nullcontext():
+            res = compute_scores(self.model, self.refs, data.calib, c.metric, batch_size=c.batch_size, seed=seed,
+                                 hutchinson_samples=c.hutchinson_samples, hessian_mc_samples=c.hessian_mc_samples, progress=self.progress,
+                                 loss_chunk=c.loss_chunk, grad_checkpointing=c.grad_checkpointing, dist=self.env if self.env.distributed else None)
+        if scan is not None and scan.scanned: prof.spikes = scan.result()
         if self.rank0:
             for n in res.info.get("notes", []): self.log.warning(n)
         # written in the background while the top-k and the description run; joined before the next seed
@@ -303,18 +307,29 @@ def _describe(self:Study, prof:Profile, # the profile being built
         prof.data = {"metric": c.metric, "mode": c.mode, "topk": c.topk[-1], "seed": seed, "n_tensors": len(self.refs),
                      "n_weights": sum(r.numel for r in self.refs), "topk_threshold": float(tk.scores[-1]) if len(tk) else None,
                      "stats": score_stats(scores, layer_of, kind_of, seed=seed),
-                     "histogram": log_histogram({n: v.abs() for n, v in scores.items()}),
+                     "histogram": log_histogram(scores),  # every metric's scores are >= 0: no |s| copy
                      "weight_histogram": value_histogram({n: p.detach() for n, p in self.params.items()}),
                      "topk_weight_values": [float(R[n].param.detach().reshape(-1)[f]) for n, f in zip(tk.names, tk.flat.tolist())],
                      "layer_kind": layer_kind_summary(scores, layer_of, kind_of, tk.counts())}
         if any(r.fused or r.expert is not None for r in self.refs):  # Mixture of Experts: per layer x expert
             prof.data["experts"] = expert_summary(scores, self.refs, tk.by_tensor())
     with self.man.phase("superweight_scan"):
-        sw = scan_superweights(self.model, data.calib[: c.superweight_blocks], batch_size=c.batch_size, progress=self.progress)
+        if prof.spikes is not None: sw = {**prof.spikes, "pass": f"recorded during the {c.metric} scoring passes of seed {seed}"}
+        else: sw = {**scan_superweights(self.model, data.calib[: c.superweight_blocks], batch_size=c.batch_size,
+                                        progress=self.progress), "pass": "a separate inference pass"}
         sw["candidates"] = rank_candidates(sw["candidates"], scores, R)
         sw["metric"] = c.metric
         if "experts" in prof.data: sw["router_load"] = router_load(self.model, data.calib[: c.superweight_blocks], c.batch_size)
     prof.superweights = sw
+
+@patch
+def _spike_scan(self:Study, c:EsaConfig, # the profile's options
+               )->SpikeScan|None:
+    "Hooks that record the super-weight scan during the first seed's scoring passes, where they run on one process."
+    if not self.rank0 or self.env.distributed or not METRIC_SPECS[c.metric].needs_data: return None
+    refs = down_projections(self.model)
+    if any(r.expert is not None and not r.fused for r in refs): return None  # per-expert layers: a separate pass
+    return SpikeScan(self.model, refs, n_blocks=c.superweight_blocks)
 
 @patch
 def profile(self:Study, metric:str|None=None, # sensitivity metric (default: the config's)
@@ -332,7 +347,8 @@ def profile(self:Study, metric:str|None=None, # sensitivity metric (default: the
         seed_everything(seed)
         same = seed == self.cfg.seeds[0] and c.max_samples == self.cfg.max_samples
         data = self.data0 if same else self.data_for(seed, c.max_samples)
-        with self.man.phase("profiling"): scores, raw, writer = self._seed_scores(prof, seed, data)
+        scan = self._spike_scan(c) if si == 0 else None
+        with self.man.phase("profiling"): scores, raw, writer = self._seed_scores(prof, seed, data, scan)
         with self.man.phase("topk"):
             prof.tops[seed] = {(k, c.mode): t for k, t in topk_sweep(scores, c.topk, c.mode, largest=True).items()}
             if c.perturb and "bottom_k" in c.controls:
@@ -345,7 +361,7 @@ def profile(self:Study, metric:str|None=None, # sensitivity metric (default: the
             if self.rank0: self._describe(prof, scores, seed, data)
         if writer is not None:
             with self.man.phase("score_writing_wait"): writer.result()  # a failed write fails the run, here
-        scores = raw = None  # free this seed's buffers before the next seed allocates its own
+        scores = raw = writer = None  # free this seed's buffers (the writer holds them too) before the next seed allocates its own
     self._profile = prof
     return prof
 

@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .core import EsaError
@@ -20,7 +21,7 @@ from .weights import WeightRef, select_weights, layer_index, experts_modules, ro
 from .weights import check_recomputable, _proj, _n_experts
 
 # %% auto #0
-__all__ = ['DOWN_PATTERNS', 'DOWN_KINDS', 'down_projections', 'scan_superweights', 'rank_candidates', 'router_load']
+__all__ = ['DOWN_PATTERNS', 'DOWN_KINDS', 'down_projections', 'SpikeScan', 'scan_superweights', 'rank_candidates', 'router_load']
 
 # %% ../nbs/10_superweight.ipynb #37b5870a
 DOWN_PATTERNS = [r"(down_proj|mlp\.c_proj|dense_4h_to_h|fc2|\.w2)(\.weight)?$"]
@@ -119,26 +120,31 @@ def _candidates(ref:WeightRef, # the scanned weight
 
 # %% ../nbs/10_superweight.ipynb #26263e64
 def _layer_hook(st:_SpikeStats, # the layer's statistics
-                where:dict, # 'start' (first block of the batch), 'T' (tokens per block)
+                where:dict, # 'on' (recording), 'start' (first block of the batch), 'T' (tokens per block), 'rows' (blocks kept)
                 routed:bool, # a per-expert layer: its rows are routed tokens, positions unknown
                ):
-    "Forward hook on a layer: its input and output activations into `st`."
+    "Forward hook on a layer: its input and output activations (of the kept blocks) into `st`."
     def hook(mod, inp, out):
+        if not where["on"]: return  # outside a scanned forward pass (e.g. activation checkpointing's recomputation)
         y = out[0] if isinstance(out, (tuple, list)) else out
-        s, T = where["start"], where["T"]
+        s, T, keep = where["start"], where["T"], where["rows"] * where["T"]
         loc = None if routed else (lambda n: (s + n // T, n % T))  # rows in (block, position) order, also when flattened
-        st.update("in", inp[0], loc); st.update("out", y, loc)
+        x = inp[0]
+        if not routed: x, y = x.reshape(-1, x.shape[-1])[:keep], y.reshape(-1, y.shape[-1])[:keep]
+        st.update("in", x, loc); st.update("out", y, loc)
     return hook
 
 def _experts_hook(sts:list[_SpikeStats], # one per expert
                   attr:str, # the scanned tensor's attribute ('down_proj', or 'gate_up_proj'/'up_proj')
-                  where:dict, # 'start' (first block of the batch), 'T' (tokens per block)
+                  where:dict, # 'on' (recording), 'start' (first block of the batch), 'T' (tokens per block), 'rows' (blocks kept)
                  ):
     "Forward pre-hook on a fused experts module: per expert, the projection's input and output on its routed tokens."
     def pre(mod, args, kwargs):
+        if not where["on"]: return
         x, idx = routing(mod, args, kwargs)
-        s, T = where["start"], where["T"]
+        s, T, keep = where["start"], where["T"], where["rows"] * where["T"]
         for e, tok in enumerate(routed_tokens(idx, len(sts))):
+            tok = tok[tok < keep]
             if not len(tok): continue
             h = expert_hidden(mod, e, x[tok]) if attr == "down_proj" else x[tok]
             loc = lambda n, tok=tok: (s + int(tok[n]) // T, int(tok[n]) % T)
@@ -148,7 +154,6 @@ def _experts_hook(sts:list[_SpikeStats], # one per expert
 def _forward_all(model:nn.Module, # the causal LM (hooked)
                  blocks:torch.Tensor, # [n_blocks, T] token ids
                  batch_size:int, # blocks per forward pass
-                 where:dict, # 'start' is set to each batch's first block
                  desc:str, # progress bar label
                  progress:bool, # show a tqdm bar
                 )->None:
@@ -158,9 +163,9 @@ def _forward_all(model:nn.Module, # the causal LM (hooked)
     try:
         with torch.inference_mode():
             for i in tqdm(range(0, len(blocks), batch_size), desc=desc, disable=not progress, leave=False):
-                where["start"] = i
                 model(input_ids=blocks[i:i + batch_size].to(dev), use_cache=False)
     finally: model.train(was_training)
+
 
 # %% ../nbs/10_superweight.ipynb #39957681
 def _layer_entry(ref:WeightRef, # the scanned weight
@@ -175,6 +180,82 @@ def _layer_entry(ref:WeightRef, # the scanned weight
             "max_abs_output": vo, "output_channel": ro, "output_block": bo, "output_position": po,
             "top_input_channels": _top(st.vec["in"], top_channels), "top_output_channels": _top(st.vec["out"], top_channels)}
 
+def _check_scan_args(threshold:float, top_channels:int, batch_size:int=1):
+    if batch_size < 1 or top_channels < 1:
+        raise EsaError(f"batch_size and top_channels must be positive (got {batch_size} and {top_channels}).")
+    if not (threshold >= 0 and math.isfinite(threshold)):
+        raise EsaError(f"the spike threshold must be a finite number >= 0 (got {threshold}).")
+
+_SCAN_METHOD = ("Yu et al. 2024 (arXiv:2411.07191): forward hooks on each MLP down-projection (each expert's, on the tokens "
+                "routed to it) record max|input| and max|output| per channel over the calibration tokens; a layer whose "
+                "max|output| and max|input| both exceed {t:g} gives the primary candidate W[row=argmax output "
+                "channel, col=argmax input channel] (Linear convention). Secondary candidates: other pairs among the top rows "
+                "x top cols whose spikes both exceed the threshold and with |W[r,c]|*max|x_c| >= {s:g}*max|y_r|.")
+
+
+# %% ../nbs/10_superweight.ipynb #3b242974
+class SpikeScan:
+    "Hooks that record the super-weight scan over the first `n_blocks` blocks of the forward passes run while attached."
+    def __init__(self, model:nn.Module, # the causal LM
+                 refs:list[WeightRef]|None=None, # weights to scan (default: the MLP down-projections, experts' included)
+                 n_blocks:int|None=None, # scan only the first n blocks that pass through the model (None: all)
+                 threshold:float=50.0, # an activation spike is |x| > threshold (Yu et al.: about 50)
+                 top_channels:int=3, # channels per layer reported, and rows x cols examined for secondary candidates
+                 min_share:float=0.5, # a secondary candidate's |W[r,c]| * max|x_c| must reach this share of max|y_r|
+                ):
+        _check_scan_args(threshold, top_channels)
+        self.model, self.refs = model, down_projections(model) if refs is None else list(refs)
+        if n_blocks is not None and any(r.expert is not None and not r.fused for r in self.refs):
+            raise EsaError("a per-expert layer sees routed tokens without their blocks, so a scan limited to n_blocks cannot "
+                           "be recorded on it; scan those blocks on their own with scan_superweights.")
+        self.n_blocks, self.threshold, self.top_channels, self.min_share = n_blocks, threshold, top_channels, min_share
+        self.where = {"on": False, "start": 0, "T": 0, "rows": 0}
+        self.stats, self.handles, self.seen, self.scanned, self.tokens = [], [], 0, 0, 0
+
+    def _pre(self, mod, args):
+        "Input-embedding pre-hook (a forward pass starts): the batch's first block index, and how many of its blocks are scanned."
+        B, T = args[0].shape
+        rows = B if self.n_blocks is None else max(0, min(B, self.n_blocks - self.seen))
+        self.where.update(on=rows > 0, start=self.seen, T=T, rows=rows)
+        self.seen += B; self.scanned += rows; self.tokens += rows * T
+
+    def _post(self, mod, args, out): self.where["on"] = False  # output head: the layers are done
+
+    def __enter__(self):
+        emb, head = self.model.get_input_embeddings(), self.model.get_output_embeddings()
+        if emb is None or head is None: raise EsaError(f"{type(self.model).__name__} has no input or output embeddings to hook.")
+        self.handles = [emb.register_forward_pre_hook(self._pre), head.register_forward_hook(self._post)]
+        for ref, (mod, attr) in zip(self.refs, _owner_modules(self.model, self.refs)):
+            self.stats.append([_SpikeStats() for _ in range(max(ref.n_experts, 1))])
+            if ref.fused: self.handles.append(mod.register_forward_pre_hook(_experts_hook(self.stats[-1], attr, self.where), with_kwargs=True))
+            else: self.handles.append(mod.register_forward_hook(_layer_hook(self.stats[-1][0], self.where, ref.expert is not None)))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles: h.remove()
+        self.handles, self.where["on"] = [], False
+
+
+# %% ../nbs/10_superweight.ipynb #5e0c7f07
+@patch
+def result(self:SpikeScan)->dict:
+    "Layers, candidates and unrouted experts from what the hooks recorded (the output of `scan_superweights`)."
+    if not self.scanned: raise EsaError("the super-weight scan recorded no blocks: no forward pass ran while it was attached.")
+    layers, cands, unrouted = [], [], []
+    for ref, sts in zip(self.refs, self.stats):
+        for e, st in enumerate(sts):
+            e = e if ref.fused else ref.expert
+            if st.best["in"] is None:  # an expert that no calibration token was routed to
+                if e is not None: unrouted.append({"layer": ref.layer, "name": ref.name, "expert": e}); continue
+                raise EsaError(f"the module of {ref.name!r} never ran during the forward pass, so it cannot be scanned.")
+            layers.append(_layer_entry(ref, st, e, self.top_channels))
+            cands += _candidates(ref, st, self.threshold, self.top_channels, self.min_share, e if ref.fused else None)
+    cands.sort(key=lambda c: (-c["output_spike"], not c["primary"], -1 if c["layer"] is None else c["layer"],
+                              -1 if c["expert"] is None else c["expert"], c["row"], c["col"]))
+    return {"threshold": float(self.threshold), "min_share": float(self.min_share), "top_channels": self.top_channels,
+            "n_blocks": self.scanned, "n_tokens": self.tokens, "layers": layers, "candidates": cands, "unrouted": unrouted,
+            "method": _SCAN_METHOD.format(t=self.threshold, s=self.min_share)}
+
 def scan_superweights(model:nn.Module, # the causal LM
                       blocks:torch.Tensor, # [n_blocks, T] calibration token ids
                       refs:list[WeightRef]|None=None, # weights to scan (default: the MLP down-projections, experts' included)
@@ -188,37 +269,11 @@ def scan_superweights(model:nn.Module, # the causal LM
     if not isinstance(blocks, torch.Tensor) or blocks.ndim != 2 or blocks.numel() == 0:
         raise EsaError(f"the super-weight scan needs calibration blocks as a non-empty [n_blocks, T] tensor of token ids; "
                        f"got {type(blocks).__name__}{' of shape ' + str(tuple(blocks.shape)) if isinstance(blocks, torch.Tensor) else ''}.")
-    if batch_size < 1 or top_channels < 1:
-        raise EsaError(f"batch_size and top_channels must be positive (got {batch_size} and {top_channels}).")
-    if not (threshold >= 0 and math.isfinite(threshold)):
-        raise EsaError(f"the spike threshold must be a finite number >= 0 (got {threshold}).")
-    refs = down_projections(model) if refs is None else list(refs)
-    where, handles, stats = {"start": 0, "T": blocks.shape[1]}, [], []
-    for ref, (mod, attr) in zip(refs, _owner_modules(model, refs)):
-        stats.append([_SpikeStats() for _ in range(max(ref.n_experts, 1))])
-        if ref.fused: handles.append(mod.register_forward_pre_hook(_experts_hook(stats[-1], attr, where), with_kwargs=True))
-        else: handles.append(mod.register_forward_hook(_layer_hook(stats[-1][0], where, ref.expert is not None)))
-    try: _forward_all(model, blocks, batch_size, where, "superweight scan", progress)
-    finally:
-        for h in handles: h.remove()
-    layers, cands, unrouted = [], [], []
-    for ref, sts in zip(refs, stats):
-        for e, st in enumerate(sts):
-            e = e if ref.fused else ref.expert
-            if st.best["in"] is None:  # an expert that no calibration token was routed to
-                if e is not None: unrouted.append({"layer": ref.layer, "name": ref.name, "expert": e}); continue
-                raise EsaError(f"the module of {ref.name!r} never ran during the forward pass, so it cannot be scanned.")
-            layers.append(_layer_entry(ref, st, e, top_channels))
-            cands += _candidates(ref, st, threshold, top_channels, min_share, e if ref.fused else None)
-    cands.sort(key=lambda c: (-c["output_spike"], not c["primary"], -1 if c["layer"] is None else c["layer"],
-                              -1 if c["expert"] is None else c["expert"], c["row"], c["col"]))
-    return {"threshold": float(threshold), "min_share": float(min_share), "top_channels": top_channels,
-            "n_blocks": len(blocks), "n_tokens": int(blocks.numel()), "layers": layers, "candidates": cands, "unrouted": unrouted,
-            "method": ("Yu et al. 2024 (arXiv:2411.07191): forward hooks on each MLP down-projection (each expert's, on the tokens "
-                       "routed to it) record max|input| and max|output| per channel over the calibration tokens; a layer whose "
-                       f"max|output| and max|input| both exceed {threshold:g} gives the primary candidate W[row=argmax output "
-                       "channel, col=argmax input channel] (Linear convention). Secondary candidates: other pairs among the top rows "
-                       f"x top cols whose spikes both exceed the threshold and with |W[r,c]|*max|x_c| >= {min_share:g}*max|y_r|.")}
+    _check_scan_args(threshold, top_channels, batch_size)
+    with SpikeScan(model, refs, None, threshold, top_channels, min_share) as scan:
+        _forward_all(model, blocks, batch_size, "superweight scan", progress)
+    return scan.result()
+
 
 # %% ../nbs/10_superweight.ipynb #8f3bcc5f
 _CHUNK = 1 << 22
@@ -318,7 +373,7 @@ def router_load(model:nn.Module, # the causal LM
     counts, seen = {}, {}
     handles = _count_hooks(model, counts, seen)
     if not counts: raise EsaError("router_load found no mixture-of-experts layer (fused experts module or per-expert layers) in the model.")
-    try: _forward_all(model, blocks, max(1, batch_size), {"start": 0}, "router load", progress)
+    try: _forward_all(model, blocks, max(1, batch_size), "router load", progress)
     finally:
         for h in handles: h.remove()
     rows = []

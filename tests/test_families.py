@@ -12,7 +12,7 @@ import torch
 from esa_nb.core import EsaError
 from esa_nb.metrics import METRICS, compute_scores
 from esa_nb.perturb import perturbed
-from esa_nb.superweight import router_load, scan_superweights
+from esa_nb.superweight import SpikeScan, down_projections, router_load, scan_superweights
 from esa_nb.weights import KIND_GROUPS, select_weights, weight_coverage
 
 V, H, I, L = 97, 32, 64, 2  # vocabulary, hidden, MLP width, layers
@@ -116,6 +116,21 @@ def test_metric(fam, metric):
     if fam["moe"] and metric != "magnitude":  # every layer's experts together get a signal from the routed tokens
         assert all(float(res.scores[r.name].sum()) > 0 for r in refs if r.fused), metric
     assert not any(p.requires_grad or p.grad is not None for p in m.parameters())
+
+
+def test_spike_scan_during_profiling(fam):
+    "The scan recorded on the scoring passes (as esa-runner does) equals a separate scan of the same blocks."
+    m, blocks, refs = fam["model"], fam["blocks"], fam["refs"]
+    if any(r.expert is not None and not r.fused for r in down_projections(m)): pytest.skip("per-expert layers: a separate pass")
+    n = len(blocks) - 1  # the last batch straddles the limit
+    with SpikeScan(m, n_blocks=n, threshold=0.0) as scan:
+        compute_scores(m, refs, blocks, "grad_x_weight", batch_size=2, progress=False)
+    a, b = scan.result(), scan_superweights(m, blocks[:n], threshold=0.0, progress=False)
+    assert (a["n_blocks"], a["n_tokens"]) == (b["n_blocks"], b["n_tokens"])
+    assert [(c["layer"], c["expert"], c["row"], c["col"]) for c in a["candidates"]] == [(c["layer"], c["expert"], c["row"], c["col"]) for c in b["candidates"]]
+    for x, y in zip(a["layers"], b["layers"], strict=True):
+        assert (x["n_tokens"], x["input_channel"], x["output_block"], x["output_position"]) == (y["n_tokens"], y["input_channel"], y["output_block"], y["output_position"])
+        assert x["max_abs_output"] == pytest.approx(y["max_abs_output"], rel=1e-4)
 
 
 def test_spike_scan(fam):
