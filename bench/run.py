@@ -133,16 +133,17 @@ def w_load(a):
         dev = next(model.parameters()).device
         data = load_text(tok, "pydoc", a["seq"], max_eval=a["blocks"], max_samples=1)
         E = data.eval
-        evaluate(model, E[:1], batch_size=a["bs"], progress=False)  # warm-up
-        te, base = _timed(lambda: evaluate(model, E, batch_size=a["bs"], progress=False), dev)
-        te2, _ = _timed(lambda: evaluate(model, E, batch_size=a["bs"], progress=False), dev)
-        t_eval = min(te, te2)
+        base = evaluate(model, E, batch_size=a["bs"], progress=False)  # warm-up at full size (allocator, page faults)
         refs = select_weights(model)
         params = {r.name: r.param for r in refs}
         g = torch.Generator().manual_seed(0)
         sel = {r.name: torch.randperm(r.numel, generator=g)[:100].sort().values for r in refs}  # per_layer k=100
         cfg = EsaConfig(perturb="zero", batch_size=a["bs"], no_progress=True, n_boot=2000)
-        tc, _ = _timed(lambda: run_condition(model, params, sel, E, base, cfg.settings, cfg, seed=1), dev)
+        run_condition(model, params, sel, E, base, cfg.settings, cfg, seed=1)  # warm-up
+        pairs = [(_timed(lambda: evaluate(model, E, batch_size=a["bs"], progress=False), dev)[0],
+                  _timed(lambda: run_condition(model, params, sel, E, base, cfg.settings, cfg, seed=1), dev)[0]) for _ in range(3)]
+        med = lambda v: sorted(v)[len(v) // 2]  # interleaved (evaluation, condition) pairs: medians
+        t_eval, tc = med([p[0] for p in pairs]), med([p[1] for p in pairs])
         def just_perturb():
             with perturbed(params, sel, "zero", generator=1): pass
         tp, _ = _timed(just_perturb, dev)

@@ -65,7 +65,7 @@ class EsaConfig:
     hutchinson_samples:int=8 # Rademacher probes for hutchinson_diag
     hessian_mc_samples:int=4 # sampled labels per sequence for hessian_diag
     scores_from:str|None=None # reuse the saved scores of an earlier run directory
-    superweight_blocks:int=16 # calibration blocks for the super-weight activation scan
+    superweight_blocks:int=16 # calibration blocks for the super-weight activation scan (recorded on the first seed's scoring passes)
     loss_chunk:int|None=None # output-head positions per chunk (None: full logits)
     grad_checkpointing:bool=False # activation checkpointing in the gradient metrics
     save_scores:str="full" # full (reusable by later runs), topk (the top-k entries only) or none, in the run directory
@@ -194,7 +194,7 @@ def runner_parser()->argparse.ArgumentParser:
     g.add_argument("--hutchinson-samples", type=int, default=d.hutchinson_samples, help="Rademacher probes for hutchinson_diag")
     g.add_argument("--hessian-mc-samples", type=int, default=d.hessian_mc_samples, help="sampled labels per sequence for hessian_diag")
     g.add_argument("--scores-from", default=None, help="reuse the saved scores of an earlier run directory")
-    g.add_argument("--superweight-blocks", type=int, default=d.superweight_blocks, help="calibration blocks for the super-weight activation scan")
+    g.add_argument("--superweight-blocks", type=int, default=d.superweight_blocks, help="calibration blocks for the super-weight activation scan (the first ones of the first seed; recorded during its scoring passes when the metric runs any, else a separate pass)")
     g.add_argument("--loss-chunk", type=int, default=None, help="apply the output head to this many positions at a time (fp32 "
                    "log-softmax per chunk) instead of materialising full logits: long sequences with large vocabularies, e.g. 1024")
     g.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing during the gradient metrics "

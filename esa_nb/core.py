@@ -33,8 +33,8 @@ __all__ = ['EXIT_USAGE', 'ESA_MARKERS', 'LOCK_NAME', 'TEMP_RE', 'DTYPES', 'SEED_
            'cli_entry', 'temp_prefix', 'atomic_write_bytes', 'atomic_write_text', 'write_json', 'read_json',
            'atomic_path', 'check_path_length', 'prepare_out_dir', 'RunLock', 'clean_stale_temps', 'claim_out_dir',
            'sha256_file', 'sha256_tensor', 'sha256_json', 'resolve_device', 'resolve_dtype', 'seed_everything',
-           'hub_offline', 'offline_mode', 'get_logger', 'peak_memory', 'package_versions', 'device_name', 'RunManifest',
-           'parse_int_list']
+           'hub_offline', 'offline_mode', 'get_logger', 'peak_memory', 'free_memory', 'package_versions', 'device_name',
+           'RunManifest', 'parse_int_list']
 
 # %% ../nbs/00_core.ipynb #83c04efe
 class EsaError(Exception):
@@ -481,6 +481,15 @@ def peak_memory(device:torch.device|None=None # the run's device
         out["peak_cuda_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
         out["peak_cuda_reserved_bytes"] = int(torch.cuda.max_memory_reserved(device))
     return out
+
+def free_memory(device:torch.device|None=None # the run's device
+               )->None:
+    "Hand memory that is no longer used back: collect garbage, empty the CUDA cache, and trim glibc's heaps (Linux)."
+    import ctypes, gc
+    gc.collect()
+    if device is not None and device.type == "cuda" and torch.cuda.is_available(): torch.cuda.empty_cache()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError): ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 # %% ../nbs/00_core.ipynb #c5f228f6
 def package_versions()->dict:

@@ -20,7 +20,7 @@ import torch
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .core import (EsaError, RunManifest, claim_out_dir, get_logger, resolve_device, seed_everything, sha256_json,
+from .core import (EsaError, RunManifest, claim_out_dir, free_memory, get_logger, resolve_device, seed_everything, sha256_json,
                          write_json)
 from .config import EsaConfig, DAMAGED_MARKER
 from .baseline import run_baseline
@@ -167,6 +167,7 @@ def baseline(self:Study)->Baseline:
                              dist=self.env)
         self.log.info(f"baseline: ppl {b['ppl']:.3f}, accuracy {b['token_accuracy']:.2%}")
         self._base = Baseline(b)
+        free_memory(self.man.device)  # the evaluation's freed logits: profiling starts from what is live
     return self._base
 
 # %% ../nbs/15_study.ipynb #0bdf50b1
@@ -362,7 +363,8 @@ def profile(self:Study, metric:str|None=None, # sensitivity metric (default: the
         if writer is not None:
             with self.man.phase("score_writing_wait"): writer.result()  # a failed write fails the run, here
         scores = raw = writer = None  # free this seed's buffers (the writer holds them too) before the next seed allocates its own
-    self._profile = prof
+        free_memory(self.man.device)  # the writer thread's heap too: the next seed starts from what is live
+    self._profile, self._stability, self._perturbation, self._attribution = prof, None, None, None  # those were an earlier profile's
     return prof
 
 # %% ../nbs/15_study.ipynb #2413a710
@@ -832,7 +834,7 @@ def given(self:Study, path:str|Path|None=None, # weights file (default: the conf
     tk = TopK([n for n, _ in items], torch.tensor([f for _, f in items]), torch.full((len(items),), math.nan))
     for s in c.seeds: p.tops[s] = {(len(items), "global"): tk}
     if base is not None: p.paths, p.data, p.superweights, p.reuse, p.info = base.paths, base.data, base.superweights, base.reuse, base.info
-    self._profile = p
+    self._profile, self._perturbation, self._attribution = p, None, None  # an earlier profile's (its stability stays: the scores')
     return p
 
 @patch

@@ -62,6 +62,14 @@ def test_the_notebook_snippet(tiny_dirs, tmp_path):
             "perturbation_results.json", "control_analysis.json", "config.json", "experiment_manifest.json", "scores"} <= names
     man = json.loads((out / "experiment_manifest.json").read_text())
     assert man["status"] == "complete" and man["summary"]["verdict"] == res.verdict
+    sw = json.loads((out / "superweight_candidates.json").read_text())
+    assert sw["pass"] == "recorded during the grad_x_weight scoring passes of seed 0" and sw["n_blocks"] == 6
+    # a new profile is a new analysis: the previous profile's perturbation is not saved with it
+    s.profile("magnitude", seeds=[0])
+    assert s._perturbation is None and s._stability is None
+    out2 = s.save(tmp_path / "magnitude")
+    assert not (out2 / "perturbation_results.json").exists()
+    assert json.loads((out2 / "superweight_candidates.json").read_text())["pass"] == "a separate inference pass"
 
 
 def test_study_and_runner_write_the_same_results(tiny_dirs, tmp_path):
