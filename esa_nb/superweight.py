@@ -210,7 +210,9 @@ class SpikeScan:
                            "be recorded on it; scan those blocks on their own with scan_superweights.")
         self.n_blocks, self.threshold, self.top_channels, self.min_share = n_blocks, threshold, top_channels, min_share
         self.where = {"on": False, "start": 0, "T": 0, "rows": 0}
-        self.stats, self.handles, self.seen, self.scanned, self.tokens = [], [], 0, 0, 0
+        self.owners = _owner_modules(model, self.refs)  # (module, attribute) per scanned weight
+        self.stats = [[_SpikeStats() for _ in range(max(r.n_experts, 1))] for r in self.refs]  # kept over re-entries
+        self.handles, self.seen, self.scanned, self.tokens = [], 0, 0, 0
 
     def _pre(self, mod, args):
         "Input-embedding pre-hook (a forward pass starts): the batch's first block index, and how many of its blocks are scanned."
@@ -225,16 +227,14 @@ class SpikeScan:
         emb, head = self.model.get_input_embeddings(), self.model.get_output_embeddings()
         if emb is None or head is None: raise EsaError(f"{type(self.model).__name__} has no input or output embeddings to hook.")
         self.handles = [emb.register_forward_pre_hook(self._pre), head.register_forward_hook(self._post)]
-        for ref, (mod, attr) in zip(self.refs, _owner_modules(self.model, self.refs)):
-            self.stats.append([_SpikeStats() for _ in range(max(ref.n_experts, 1))])
-            if ref.fused: self.handles.append(mod.register_forward_pre_hook(_experts_hook(self.stats[-1], attr, self.where), with_kwargs=True))
-            else: self.handles.append(mod.register_forward_hook(_layer_hook(self.stats[-1][0], self.where, ref.expert is not None)))
+        for ref, (mod, attr), sts in zip(self.refs, self.owners, self.stats):
+            if ref.fused: self.handles.append(mod.register_forward_pre_hook(_experts_hook(sts, attr, self.where), with_kwargs=True))
+            else: self.handles.append(mod.register_forward_hook(_layer_hook(sts[0], self.where, ref.expert is not None)))
         return self
 
     def __exit__(self, *exc):
         for h in self.handles: h.remove()
         self.handles, self.where["on"] = [], False
-
 
 # %% ../nbs/10_superweight.ipynb #5e0c7f07
 @patch
