@@ -180,7 +180,11 @@ def _layer_entry(ref:WeightRef, # the scanned weight
             "max_abs_output": vo, "output_channel": ro, "output_block": bo, "output_position": po,
             "top_input_channels": _top(st.vec["in"], top_channels), "top_output_channels": _top(st.vec["out"], top_channels)}
 
-def _check_scan_args(threshold:float, top_channels:int, batch_size:int=1):
+def _check_scan_args(threshold:float, # spike threshold
+                     top_channels:int, # channels per layer reported
+                     batch_size:int=1, # blocks per forward pass
+                    )->None:
+    "Refuse a non-positive batch size or channel count, and a negative or non-finite threshold."
     if batch_size < 1 or top_channels < 1:
         raise EsaError(f"batch_size and top_channels must be positive (got {batch_size} and {top_channels}).")
     if not (threshold >= 0 and math.isfinite(threshold)):
