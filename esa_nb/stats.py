@@ -58,8 +58,8 @@ class Moments:
     @classmethod
     def _of_chunk(cls, c:torch.Tensor)->Moments:
         if c.numel() == 0: return cls()
-        mu = c.mean(); d = c - mu; d2 = d * d
-        v = torch.stack([mu, d2.sum(), (d2 * d).sum(), (d2 * d2).sum(), c.min(), c.max(), c.sum(), c.abs().sum()]).tolist()
+        mu = c.mean(); d = c - mu; d2 = d * d; lo, hi = torch.aminmax(c)
+        v = torch.stack([mu, d2.sum(), torch.dot(d2, d), torch.dot(d2, d2), lo, hi, c.sum(), c.abs().sum()]).tolist()
         return cls(c.numel(), *v)
 
     def merge(self, o:Moments # the other set
@@ -135,17 +135,6 @@ def _hill_from(m:int, logsum_top:float, x_next:float)->float:
     mean_log = logsum_top / m - math.log(x_next)
     return 1 / mean_log if mean_log > 0 else math.inf
 
-def _tail_stats_sorted(a:torch.Tensor, hill_frac:float, hill_m_min:int, hill_m_max:int|None)->dict:
-    "Gini, top shares and Hill index from |x| sorted ascending."
-    n = a.numel(); total = _chunked_sum(a)
-    out = {"gini": _gini_sorted(a, total)}
-    for k, inv in TOP_SHARES.items():
-        out[k] = _chunked_sum(a[n - _top_count(n, inv):]) / total if total > 0 else math.nan
-    m = _hill_m(n, hill_frac, hill_m_min, hill_m_max)
-    out["hill_alpha"] = _hill_from(m, _chunked_sum(a[n - m:], lambda c, i: c.log()) if m else 0.0, float(a[n - m - 1]) if m else math.nan)
-    out["hill_m"] = m
-    return out
-
 # %% ../nbs/08_stats.ipynb #f6014300
 def quantiles(x:torch.Tensor, # values (any shape)
               qs=QUANTILES, # probabilities in [0, 1]
@@ -195,21 +184,45 @@ def _bin_starts()->torch.Tensor:
 
 _STARTS = _bin_starts()
 
-def _sorted_canonical(x:torch.Tensor)->torch.Tensor:
-    "Sorted values of a flat fp32 tensor with −0.0 made +0.0 (so float order and key order agree)."
-    return _sorted(x).add_(0.0)
+def _bincount(i:torch.Tensor, n:int, w:torch.Tensor|None=None)->torch.Tensor:
+    "bincount of `i` into n bins (float64 weights optional), on the CPU."
+    return torch.bincount(i, weights=w, minlength=n).cpu()
+
+def _chunk_keys(x:torch.Tensor, # flat fp32 values
+                a:int, # start of the chunk
+               )->tuple:
+    "(values with −0.0 made +0.0, their int32 keys, their 16-bit bins) of one chunk: int32 bit operations only."
+    c = x[a:a + _CHUNK] + 0.0; b = c.view(torch.int32)
+    k = (b >> 31).bitwise_and_(0x7FFFFFFF).bitwise_xor_(b)  # signed int32 order = numeric order; `_keys` gives k + 2³¹
+    return c, k, (k >> 16).add_(0x8000)
 
 class _RadixSelect:
-    "Two-pass exact selection of order statistics over a stream of fp32 tensors (sorted in pass 1, any order in pass 2)."
-    def __init__(self):
+    "Two-pass exact selection of order statistics over a stream of fp32 tensors; optional per-bin sums and extremes (Gini)."
+    def __init__(self, gini:bool=False # also keep each bin's Σ value, min and max (non-negative values only)
+                ):
         self.cnt = torch.zeros(_B, dtype=torch.int64); self.n = 0
         self.lo, self.slot, self.sum_bins, self.sums = None, {}, [], {}
+        f = lambda v: torch.full((_B,), v, dtype=torch.float64)
+        self.bsum, self.bmin, self.bmax = (f(0.0), f(math.inf), f(-math.inf)) if gini else (None, None, None)
 
-    def add(self, s:torch.Tensor # sorted values without −0.0 (`_sorted_canonical`)
+    def add(self, x:torch.Tensor # flat fp32 values, in any order (−0.0 is counted as +0.0)
            )->None:
-        "Pass 1: add a sorted tensor's values to the 16-bit histogram."
-        pos = torch.searchsorted(s, _STARTS.to(s.device))
-        self.cnt += (pos[1:] - pos[:-1]).cpu(); self.n += s.numel()
+        "Pass 1: add a tensor's values to the 16-bit histogram (and to the per-bin sums and extremes), streamed in chunks."
+        for a in range(0, x.numel(), _CHUNK):
+            c, _, hb = _chunk_keys(x, a)
+            self.cnt += _bincount(hb, _B); self.n += c.numel()
+            if self.bsum is None: continue
+            cd, hl = c.double(), hb.long(); f = lambda v: torch.full((_B,), v, dtype=torch.float64, device=c.device)
+            self.bsum += _bincount(hb, _B, cd)
+            self.bmin = torch.minimum(self.bmin, f(math.inf).scatter_reduce_(0, hl, cd, "amin").cpu())
+            self.bmax = torch.maximum(self.bmax, f(-math.inf).scatter_reduce_(0, hl, cd, "amax").cpu())
+
+    def merge(self, o:_RadixSelect # pass-1 counts of other values (e.g. one tensor's)
+             )->None:
+        "Add another selector's pass-1 histogram (and its bin sums and extremes, where both keep them)."
+        self.cnt += o.cnt; self.n += o.n
+        if self.bsum is not None:
+            self.bsum += o.bsum; self.bmin = torch.minimum(self.bmin, o.bmin); self.bmax = torch.maximum(self.bmax, o.bmax)
 
     def _bin(self, r:int)->tuple[int, int]:
         cum = self.cnt.cumsum(0)
@@ -226,14 +239,14 @@ class _RadixSelect:
         self.lo = torch.zeros(len(bins) * _B, dtype=torch.int64)
         self.sum_bins = sorted({self._bin(r)[0] for r in sum_ranks}); self.sums = {b: [0.0, 0.0] for b in self.sum_bins}
 
-    def refine(self, x:torch.Tensor # flat values without −0.0, in any order (no sort needed)
+    def refine(self, x:torch.Tensor # flat fp32 values, in any order (no sort needed; −0.0 is counted as +0.0)
               )->None:
         "Pass 2: histogram the low 16 bits inside the planned bins; sum values and logs above the sum bins (streamed)."
         table = self.table.to(x.device)
         for a in range(0, x.numel(), _CHUNK):  # one gather and one bincount per chunk, whatever the number of bins
-            c = x[a:a + _CHUNK]; k = _keys(c); hb = k >> 16
-            sl = table[hb]; m = sl >= 0
-            if self.slot and m.any(): self.lo += torch.bincount(sl[m] * _B + (k[m] & (_B - 1)), minlength=len(self.lo)).cpu()
+            c, k, hb = _chunk_keys(x, a)
+            sl = table.index_select(0, hb); m = sl >= 0
+            if self.slot: self.lo += _bincount(sl[m] * _B + (k[m] & (_B - 1)), len(self.lo))
             if not self.sum_bins: continue
             top = hb > self.sum_bins[0]; v, hv = c[top].double(), hb[top]  # entries above the lowest sum bin (all > 0)
             for b in self.sum_bins:
@@ -259,14 +272,16 @@ class _RadixSelect:
             c += int(cnt[nz].sum()); s += float((w * vals).sum()); lg += float((w * vals.log()).sum())
         return c, s, lg
 
-# %% ../nbs/08_stats.ipynb #d486d3d8
-def _allocate(sizes:list[int], total:int)->list[int]:
-    "Split `total` draws over tensors in proportion to `sizes` (largest remainder)."
-    n = sum(sizes)
-    if n == 0 or total <= 0: return [0] * len(sizes)
-    raw = [total * s / n for s in sizes]; out = [int(math.floor(r)) for r in raw]
-    for i in sorted(range(len(sizes)), key=lambda i: (out[i] - raw[i], i))[:total - sum(out)]: out[i] += 1
-    return out
+    def gini(self)->tuple[float, float]:
+        "(Gini coefficient, the largest possible error of it) of the non-negative values added, from the bins alone."
+        n, T = self.n, float(self.bsum.sum())
+        if n == 0 or not T > 0: return math.nan, 0.0
+        nz = torch.nonzero(self.cnt).flatten()
+        c, s, lo, hi = self.cnt[nz].double(), self.bsum[nz], self.bmin[nz], self.bmax[nz]
+        w = hi - lo  # a bin's values are sorted among themselves only up to this spread
+        u = torch.where(w > 0, (s - c * lo).clamp_min(0) * (c * hi - s).clamp_min(0) / torch.where(w > 0, 2 * w, 1.0), 0.0)
+        ia = float(((c.cumsum(0) - c) * s + (c + 1) / 2 * s + u / 2).sum())  # Σ i·a_(i), each bin's own part at mid-range
+        return (2 * ia - (n + 1) * T) / (n * T), float(u.sum()) / (n * T)
 
 # %% ../nbs/08_stats.ipynb #03726426
 _EXACT_ALWAYS = ("count", "sum", "mean", "std", "min", "max", "excess_kurtosis")
@@ -293,99 +308,108 @@ def _check_map(mapping:dict|None, names:list[str], what:str)->None:
         raise EsaError(f"{what} has no entry for {len(missing)} of the {len(names)} score tensors (first: {missing[0]!r}); "
                        f"every scored tensor needs a {what.split('_')[0]} so that aggregates add up to the overall totals.")
 
-def _prepare(t:torch.Tensor # one score tensor
-            )->tuple:
-    "(x, moments, sorted x, sorted |x|) of one tensor."
-    x = _work(t); mom = Moments()
-    for s in range(0, x.numel(), _CHUNK): mom = mom.merge(Moments._of_chunk(x[s:s + _CHUNK].double()))
-    sx = _sorted_canonical(x)
-    return x, mom, sx, sx if mom.min >= 0 else _sorted_canonical(x.abs())
+def _plan(RX:_RadixSelect, # pass-1 counts of x
+          RA:_RadixSelect, # pass-1 counts of |x| (RX itself when no value is negative)
+          n:int, # number of values
+          m:int, # Hill m
+         )->tuple[dict, dict]:
+    "Plan the bins to refine: the quantile ranks of x, the tail ranks of |x|. Returns ({q: (rank, fraction)}, {field: count})."
+    q_ranks = {q: (int(math.floor((n - 1) * q)), (n - 1) * q - math.floor((n - 1) * q)) for q in QUANTILES}
+    share_c = {k: _top_count(n, inv) for k, inv in TOP_SHARES.items()}
+    xr = [r for j, _ in q_ranks.values() for r in (j, min(j + 1, n - 1))]
+    ar, asum = ([n - m - 1] if m else []), [n - c for c in share_c.values()] + ([n - m] if m else [])
+    if RA is RX: RX.plan(xr + ar, asum)
+    else: RX.plan(xr); RA.plan(ar, asum)
+    return q_ranks, share_c
 
-def _score_pass1(scores:dict, names:list, draws:list, gen, hill_frac, hill_m_min, hill_m_max, exact_gini:bool):
-    "Pass 1, tensor by tensor: moments and per-tensor statistics, coarse radix counts of x and |x|, the Gini subsample."
-    RX, RA = _RadixSelect(), _RadixSelect()  # order statistics of x, and of |x|
-    per_tensor, moments, sample = {}, {}, []
-    for n, d in zip(names, draws):
-        x, mom, sx, sa = _prepare(scores[n])
-        moments[n] = mom
-        RX.add(sx); RA.add(sa)
-        st = mom.as_dict(); st.update(_quantiles_sorted(sx))
-        st["max_over_median"] = _max_over_median(st["max"], st["q0.5"])
-        st.update(_tail_stats_sorted(sa, hill_frac, hill_m_min, hill_m_max))
-        per_tensor[n] = st; del sx, sa
-        if exact_gini: sample.append(x.abs().cpu())
-        elif d: sample.append(x[torch.randint(x.numel(), (d,), generator=gen).to(x.device)].abs().cpu())
-    return per_tensor, moments, sample, RX, RA
+def _read(RX:_RadixSelect, RA:_RadixSelect, # the refined selectors of x and |x| (see `_plan`)
+          n:int, m:int, # number of values, Hill m
+          q_ranks:dict, share_c:dict, # from `_plan`
+          mom:Moments, # the values' moments
+         )->dict:
+    "Quantiles, max/median, Gini (bounded), top shares and Hill index of the values, from their refined selectors."
+    out = {f"q{q}": _lerp(RX.value_at(j), RX.value_at(min(j + 1, n - 1)), f) for q, (j, f) in q_ranks.items()}
+    out["max_over_median"] = _max_over_median(mom.max, out["q0.5"])
+    out["gini"], out["gini_max_error"] = RA.gini()
+    for k, c in share_c.items():
+        cnt, s, _ = RA.above(n - c); t = RA.value_at(n - c)
+        out[k] = (s + (c - cnt) * t) / mom.abs_sum if mom.abs_sum > 0 else math.nan
+    if m:
+        cnt, _, lg = RA.above(n - m); t = RA.value_at(n - m)
+        out["hill_alpha"] = _hill_from(m, lg + (m - cnt) * (math.log(t) if t > 0 else -math.inf), RA.value_at(n - m - 1))
+    else: out["hill_alpha"] = math.nan
+    out["hill_m"] = m
+    return out
+
+def _tensor_pass(x:torch.Tensor, # one tensor's values, flat fp32
+                 m:int, # its Hill m
+                )->tuple:
+    "(moments, statistics, pass-1 selector of x, pass-1 selector of |x|) of one tensor, without sorting it."
+    mom = Moments.of(x); signed = mom.min < 0
+    TX = _RadixSelect(gini=not signed); TX.add(x)
+    TA, a = (_RadixSelect(gini=True), x.abs()) if signed else (TX, x)
+    if signed: TA.add(a)
+    plan = _plan(TX, TA, x.numel(), m)
+    TX.refine(x)
+    if signed: TA.refine(a)
+    return mom, {**mom.as_dict(), **_read(TX, TA, x.numel(), m, *plan, mom)}, TX, TA
+
+def _score_pass1(scores:dict, names:list, hill:tuple):
+    "Pass 1, tensor by tensor: moments and per-tensor statistics; the pass-1 counts of x and |x| over all tensors."
+    RX, RA = _RadixSelect(), _RadixSelect(gini=True)  # order statistics of x, and of |x|
+    per_tensor, moments, signed = {}, {}, False
+    for n in names:
+        x = _work(scores[n])
+        moments[n], per_tensor[n], TX, TA = _tensor_pass(x, _hill_m(x.numel(), *hill))
+        RX.merge(TX); RA.merge(TA); signed |= TA is not TX
+    return per_tensor, moments, (RX if signed else RA), RA
 
 # %% ../nbs/08_stats.ipynb #7f313181
-def _score_overall(scores:dict, names:list, moments:dict, sample:list, RX, RA, N:int, m:int)->dict:
+def _score_overall(scores:dict, names:list, moments:dict, RX, RA, N:int, m:int)->dict:
     "Pass 2: refine the radix bins holding the overall target ranks; the overall statistics."
-    q_ranks = {q: (int(math.floor((N - 1) * q)), (N - 1) * q - math.floor((N - 1) * q)) for q in QUANTILES}
-    share_c = {k: _top_count(N, inv) for k, inv in TOP_SHARES.items()}
-    RX.plan([r for j, _ in q_ranks.values() for r in (j, min(j + 1, N - 1))])
-    RA.plan([N - m - 1] if m else [], [N - c for c in share_c.values()] + ([N - m] if m else []))
-    for n in names:  # no second sort: only the entries inside the planned bins are counted
-        x = _work(scores[n]) + 0.0  # −0.0 -> +0.0, as in pass 1
-        RX.refine(x); RA.refine(x if moments[n].min >= 0 else x.abs()); del x
+    plan = _plan(RX, RA, N, m)
+    for n in names:  # no sort: only the entries inside the planned bins are counted
+        x = _work(scores[n]); RX.refine(x)
+        if RA is not RX: RA.refine(x if moments[n].min >= 0 else x.abs())
+        del x
     total = Moments()
     for mom in moments.values(): total = total.merge(mom)
-    ov = total.as_dict()
-    for q, (j, f) in q_ranks.items(): ov[f"q{q}"] = _lerp(RX.value_at(j), RX.value_at(min(j + 1, N - 1)), f)
-    ov["max_over_median"] = _max_over_median(ov["max"], ov["q0.5"])
-    smp = torch.cat(sample) if sample else torch.empty(0)
-    ov["gini"] = _gini_sorted(_sorted(smp)) if smp.numel() else math.nan
-    for k, c in share_c.items():
-        cnt, s, _ = RA.above(N - c); t = RA.value_at(N - c)
-        ov[k] = (s + (c - cnt) * t) / total.abs_sum if total.abs_sum > 0 else math.nan
-    if m:
-        cnt, _, lg = RA.above(N - m); t = RA.value_at(N - m)
-        ov["hill_alpha"] = _hill_from(m, lg + (m - cnt) * (math.log(t) if t > 0 else -math.inf), RA.value_at(N - m - 1))
-    else: ov["hill_alpha"] = math.nan
-    ov["hill_m"] = m
-    return ov
+    return {**total.as_dict(), **_read(RX, RA, N, m, *plan, total)}
 
-def _score_methods(exact_gini:bool, n_sample:int, N:int, seed:int)->dict:
-    "How each overall statistic was computed."
+def _score_methods()->dict:
+    "How each statistic was computed (overall and per tensor alike)."
     exact = "exact (float64 accumulation; streamed moments merged with Chan et al. 1979 / Pébay 2008)"
     radix = "exact (two-pass radix selection over fp32 bit patterns)"
     method = {f: exact for f in _EXACT_ALWAYS}
     method.update({f"q{q}": radix for q in QUANTILES}); method["max_over_median"] = radix
     method.update({k: radix for k in TOP_SHARES}); method["hill_alpha"] = radix
-    method["gini"] = ("exact (all entries)" if exact_gini else
-                      f"estimated from a uniform random subsample of {n_sample} of the {N} entries "
-                      f"(proportional per tensor, with replacement, seed {seed})")
+    method["gini"] = ("from the 65,536-bin histogram of fp32 bit patterns with each bin's exact count, sum, minimum and maximum; "
+                      "the order inside a bin is taken at the middle of its bounds, so the error is at most gini_max_error")
     return method
 
 # %% ../nbs/08_stats.ipynb #6b2694ae
 def score_stats(scores:dict[str, torch.Tensor], # parameter name -> score tensor (native shape, any device)
                 layer_of:dict[str, int|None]|None=None, # parameter name -> block index (None: outside the blocks); None skips per_layer
                 kind_of:dict[str, str]|None=None, # parameter name -> kind such as 'q_proj'; None skips per_kind
-                sample_size:int=1_000_000, # entries drawn for the overall Gini coefficient (exact when >= all entries)
-                seed:int=0, # seed of that subsample
                 hill_frac:float=0.01, # Hill m as a fraction of n ...
                 hill_m_min:int=10, # ... but at least this many ...
                 hill_m_max:int|None=None, # ... and at most this many (always at most n − 1)
                )->dict:
-    "Distribution statistics per tensor, overall, per layer and per kind, streamed with O(largest tensor) memory."
+    "Distribution statistics per tensor, overall, per layer and per kind, streamed with O(largest tensor) memory and no sort."
     check_scores(scores, "score statistics")
     names = list(scores)
     for n in names:
         if scores[n].numel() == 0: raise EsaError(f"the score tensor {n!r} is empty; every scored parameter needs at least one score.")
     _check_map(layer_of, names, "layer_of"); _check_map(kind_of, names, "kind_of")
-    if isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size < 0:
-        raise EsaError(f"sample_size must be a non-negative integer (entries drawn for the overall Gini), got {sample_size!r}.")
-    sizes = [scores[n].numel() for n in names]; N = sum(sizes)
-    exact_gini = sample_size >= N
-    draws = _allocate(sizes, 0 if exact_gini else sample_size)
-    gen = torch.Generator().manual_seed(seed)
-    per_tensor, moments, sample, RX, RA = _score_pass1(scores, names, draws, gen, hill_frac, hill_m_min, hill_m_max, exact_gini)
-    ov = _score_overall(scores, names, moments, sample, RX, RA, N, _hill_m(N, hill_frac, hill_m_min, hill_m_max))
-    ov["method"] = _score_methods(exact_gini, sum(t.numel() for t in sample), N, seed)
+    N, hill = sum(scores[n].numel() for n in names), (hill_frac, hill_m_min, hill_m_max)
+    per_tensor, moments, RX, RA = _score_pass1(scores, names, hill)
+    ov = _score_overall(scores, names, moments, RX, RA, N, _hill_m(N, *hill))
+    ov["method"] = _score_methods()
     by_layer = _aggregate([(layer_of[n], moments[n]) for n in names], lambda k: (k is None, k if k is not None else 0)) if layer_of is not None else {}
     by_kind = _aggregate([(kind_of[n], moments[n]) for n in names], lambda k: str(k)) if kind_of is not None else {}
     return {"per_tensor": per_tensor, "overall": ov, "per_layer": by_layer, "per_kind": by_kind,
-            "settings": {"sample_size": sample_size, "seed": seed, "hill_frac": hill_frac, "hill_m_min": hill_m_min,
-                         "hill_m_max": hill_m_max, "quantiles": list(QUANTILES), "n_scores": N, "n_tensors": len(names)}}
+            "settings": {"hill_frac": hill_frac, "hill_m_min": hill_m_min, "hill_m_max": hill_m_max,
+                         "quantiles": list(QUANTILES), "n_scores": N, "n_tensors": len(names)}}
 
 # %% ../nbs/08_stats.ipynb #8bc6252f
 def _f64(x, name:str)->np.ndarray:

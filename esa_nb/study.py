@@ -307,7 +307,7 @@ def _describe(self:Study, prof:Profile, # the profile being built
         tk = prof.topk_set(seed)
         prof.data = {"metric": c.metric, "mode": c.mode, "topk": c.topk[-1], "seed": seed, "n_tensors": len(self.refs),
                      "n_weights": sum(r.numel for r in self.refs), "topk_threshold": float(tk.scores[-1]) if len(tk) else None,
-                     "stats": score_stats(scores, layer_of, kind_of, seed=seed),
+                     "stats": score_stats(scores, layer_of, kind_of),
                      "histogram": log_histogram(scores),  # every metric's scores are >= 0: no |s| copy
                      "weight_histogram": value_histogram({n: p.detach() for n, p in self.params.items()}),
                      "topk_weight_values": [float(R[n].param.detach().reshape(-1)[f]) for n, f in zip(tk.names, tk.flat.tolist())],
