@@ -188,11 +188,10 @@ def _bincount(i:torch.Tensor, n:int, w:torch.Tensor|None=None)->torch.Tensor:
     "bincount of `i` into n bins (float64 weights optional), on the CPU."
     return torch.bincount(i, weights=w, minlength=n).cpu()
 
-def _chunk_keys(x:torch.Tensor, # flat fp32 values
-                a:int, # start of the chunk
-               )->tuple:
-    "(values with −0.0 made +0.0, their int32 keys, their 16-bit bins) of one chunk: int32 bit operations only."
-    c = x[a:a + _CHUNK] + 0.0; b = c.view(torch.int32)
+def _keys32(c:torch.Tensor # flat fp32 values
+           )->tuple:
+    "(the values with −0.0 made +0.0, their int32 keys, their 16-bit bins), with int32 bit operations only."
+    c = c + 0.0; b = c.view(torch.int32)
     k = (b >> 31).bitwise_and_(0x7FFFFFFF).bitwise_xor_(b)  # signed int32 order = numeric order; `_keys` gives k + 2³¹
     return c, k, (k >> 16).add_(0x8000)
 
@@ -209,7 +208,7 @@ class _RadixSelect:
            )->None:
         "Pass 1: add a tensor's values to the 16-bit histogram (and to the per-bin sums and extremes), streamed in chunks."
         for a in range(0, x.numel(), _CHUNK):
-            c, _, hb = _chunk_keys(x, a)
+            c, _, hb = _keys32(x[a:a + _CHUNK])
             self.cnt += _bincount(hb, _B); self.n += c.numel()
             if self.bsum is None: continue
             cd, hl = c.double(), hb.long(); f = lambda v: torch.full((_B,), v, dtype=torch.float64, device=c.device)
@@ -244,7 +243,7 @@ class _RadixSelect:
         "Pass 2: histogram the low 16 bits inside the planned bins; sum values and logs above the sum bins (streamed)."
         table = self.table.to(x.device)
         for a in range(0, x.numel(), _CHUNK):  # one gather and one bincount per chunk, whatever the number of bins
-            c, k, hb = _chunk_keys(x, a)
+            c, k, hb = _keys32(x[a:a + _CHUNK])
             sl = table.index_select(0, hb); m = sl >= 0
             if self.slot: self.lo += _bincount(sl[m] * _B + (k[m] & (_B - 1)), len(self.lo))
             if not self.sum_bins: continue
@@ -752,6 +751,8 @@ def verdict(res:dict, # condition name (see CONDITIONS) -> pooled result (`pool_
 
 # %% ../nbs/08_stats.ipynb #6c332852
 _HCHUNK = 1 << 24  # elements per chunk when streaming a tensor into a histogram (128 MB as float64)
+_S64 = _STARTS.double()  # bin boundaries: boundary j is the smallest value of key bin j
+_FIN = (0x80, 0xFF80)  # the key bins of finite values: [0x80, 0xFF80)
 
 def _chunks(t:torch.Tensor): # a tensor of any shape, dtype and device
     "Flat fp32 chunks of `t` (views where possible)."
@@ -768,6 +769,48 @@ def _finite(c:torch.Tensor # a flat fp32 chunk
     lo, hi = (float(v) for v in torch.aminmax(c))
     return c, lo, hi, bad
 
+def _value_bins(tensors:dict, # name -> tensor
+                positive:bool=False, # also count exact zeros and find the smallest positive value
+                sumsq:bool=False, # also sum the squares of the finite values (float64)
+               )->dict:
+    "One pass over every value: counts of the 65,536 key bins (−0.0 as +0.0), n, non-finite count, finite extremes."
+    cnt = torch.zeros(_B, dtype=torch.int64); V = dict(n=0, bad=0, n_zero=0, min=math.inf, max=-math.inf, min_pos=math.inf, ss=0.0)
+    for t in tensors.values():
+        for c in _chunks(t):
+            V["n"] += c.numel(); cnt += _bincount(_keys32(c)[2], _B)
+            f, lo, hi, bad = _finite(c); V["bad"] += bad
+            if not f.numel(): continue
+            V["min"], V["max"] = min(V["min"], lo), max(V["max"], hi)
+            if positive and lo <= 0:
+                V["n_zero"] += int((f == 0).sum()); p = f[f > 0]
+                if p.numel(): V["min_pos"] = min(V["min_pos"], float(p.min()))
+            elif positive: V["min_pos"] = min(V["min_pos"], lo)
+            if sumsq: V["ss"] += float(f.double().square().sum())
+    V["cnt"] = cnt
+    return V
+
+def _boundary(v:float)->int:
+    "The bin boundary nearest to the finite value v."
+    j = min(max(int(torch.searchsorted(_S64, torch.tensor([v], dtype=torch.float64))[0]), _FIN[0] + 1), _FIN[1])
+    return j if float(_S64[j]) - v <= v - float(_S64[j - 1]) else j - 1
+
+def _bin_of(v:float)->int: return int(_keys32(torch.tensor([v], dtype=torch.float32))[2])
+
+def _below(j:int)->float: return float(_key_values(torch.tensor([(j << 16) - 1])))  # the largest fp32 value below boundary j
+
+def _snapped(cnt:torch.Tensor, # counts of the key bins
+             edges:list, # wanted edges, ascending (values, not logs)
+             lo_is_data:bool, hi_is_data:bool, # the first / last edge is the data's own minimum / maximum
+            )->tuple|None:
+    "(edges, counts, n_below, n_above) on the bin boundaries nearest to `edges`; None when two edges fall on one boundary."
+    J = [_bin_of(edges[0]) if lo_is_data else _boundary(edges[0]), *(_boundary(e) for e in edges[1:-1]),
+         _bin_of(edges[-1]) + 1 if hi_is_data else _boundary(edges[-1])]
+    if any(b <= a for a, b in zip(J, J[1:])): return None
+    cum = torch.cat([torch.zeros(1, dtype=torch.int64), cnt.cumsum(0)]); Jt = torch.tensor(J)
+    out = [edges[0] if lo_is_data else float(_S64[J[0]]), *(float(_S64[j]) for j in J[1:-1]),
+           edges[-1] if hi_is_data else _below(J[-1])]
+    return out, (cum[Jt[1:]] - cum[Jt[:-1]]).tolist(), int(cum[J[0]] - cum[_FIN[0]]), int(cum[_FIN[1]] - cum[J[-1]])
+
 def _check_bins(bins)->int:
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
         raise EsaError(f"bins must be a positive integer (the number of histogram bins), got {bins!r}.")
@@ -780,34 +823,50 @@ def _check_tensors(d:dict, what:str)->None:
         if not isinstance(t, torch.Tensor) or t.is_complex():
             raise EsaError(f"{what}: the entry {n!r} is a {type(t).__name__}{' (complex)' if isinstance(t, torch.Tensor) else ''}, not a real-valued torch.Tensor.")
 
+def _exact_counts(tensors:dict, f, ulo:float, uhi:float, bins:int, lo:float, hi:float, inside:bool)->tuple:
+    "(counts, n_below, n_above) on equal-width bins of f(x) over [ulo, uhi]: a second pass, for edges finer than the bins."
+    counts = torch.zeros(bins, dtype=torch.float64); below = above = 0
+    for t in tensors.values():
+        for c in _chunks(t):
+            c = _finite(c)[0].double()
+            if not inside:
+                below += int((c < lo).sum()); above += int((c > hi).sum()); c = c[(c >= lo) & (c <= hi)]
+            if c.numel(): counts += torch.histc(f(c).clamp_(ulo, uhi), bins, ulo, uhi).cpu()
+    return [int(v) for v in counts.tolist()], below, above
+
 def log_histogram(scores:dict[str, torch.Tensor], # parameter name -> score tensor (native shape, any device); pass |s| for signed scores
-                  bins:int=80, # number of equal-width bins in log10(score)
+                  bins:int=80, # number of bins, of equal width in log10(score) up to the snapping of their edges
                  )->dict:
-    "Histogram of log10(score) over all positive scores, streamed tensor by tensor on common edges; zeros and negatives counted apart."
+    "Histogram of log10(score) over all positive scores, from one pass of key-bin counts; zeros and negatives counted apart."
     _check_tensors(scores, "log_histogram"); bins = _check_bins(bins)
-    n = n_zero = n_neg = n_nonfinite = 0; mn, mx = math.inf, -math.inf
-    for t in scores.values():  # pass 1: counts and the positive range
-        for c in _chunks(t):
-            n += c.numel(); c, lo_c, hi_c, bad = _finite(c); n_nonfinite += bad
-            if lo_c > 0: mn = min(mn, lo_c); mx = max(mx, hi_c); continue  # all positive: nothing to mask
-            n_zero += int((c == 0).sum()); n_neg += int((c < 0).sum())
-            if hi_c > 0: mn = min(mn, float(c[c > 0].min())); mx = max(mx, hi_c)
-    if n_nonfinite:
-        raise EsaError(f"log_histogram got {n_nonfinite} NaN or infinite scores; scores must be finite (see esa_nb.topk.check_scores).")
-    out = {"log10_edges": [], "counts": [], "n_zero": n_zero, "n_negative": n_neg, "n": n, "n_positive": n - n_zero - n_neg,
-           "min_positive": mn if mx > 0 else None, "max": mx if mx > 0 else None}
+    V = _value_bins(scores, positive=True)
+    if V["bad"]:
+        raise EsaError(f"log_histogram got {V['bad']} NaN or infinite scores; scores must be finite (see esa_nb.topk.check_scores).")
+    n_neg = int(V["cnt"][:0x8000].sum()); mn, mx = V["min_pos"], V["max"]
+    out = {"log10_edges": [], "counts": [], "n_zero": V["n_zero"], "n_negative": n_neg, "n": V["n"],
+           "n_positive": V["n"] - V["n_zero"] - n_neg, "min_positive": mn if mx > 0 else None, "max": mx if mx > 0 else None}
     if not mx > 0: return out
-    lo, hi = math.log10(mn), math.log10(mx)
-    if hi - lo < 1e-9: lo, hi = lo - 0.5, hi + 0.5  # one distinct value: a one-decade window around it
-    counts = torch.zeros(bins, dtype=torch.float64)
-    for t in scores.values():  # pass 2: counts on the common edges
-        for c in _chunks(t):
-            p = c if float(c.min()) > 0 else c[c > 0]
-            if p.numel(): counts += torch.histc(p.double().log10_().clamp_(lo, hi), bins, lo, hi).cpu()
-    out["log10_edges"] = np.linspace(lo, hi, bins + 1).tolist(); out["counts"] = [int(v) for v in counts.tolist()]
+    lo, hi = math.log10(mn), math.log10(mx); one = hi - lo < 1e-9
+    if one: lo, hi = lo - 0.5, hi + 0.5  # one distinct value: a one-decade window around it
+    cnt = V["cnt"].clone(); cnt[0x8000] -= V["n_zero"]  # bin 0x8000 holds +0.0 and the smallest subnormals
+    want = [10.0 ** e for e in np.linspace(lo, hi, bins + 1)]; want[0], want[-1] = (want[0], want[-1]) if one else (mn, mx)
+    snap = _snapped(cnt, want, not one, not one)
+    if snap is None:  # bins narrower than the key bins: count them exactly
+        counts = _exact_counts(scores, torch.log10, lo, hi, bins, math.ldexp(1, -149), math.inf, False)[0]  # positives only
+        out["log10_edges"] = np.linspace(lo, hi, bins + 1).tolist()
+    else: out["log10_edges"], counts = [math.log10(e) for e in snap[0]], snap[1]
+    out["counts"] = [int(v) for v in counts]
     return out
 
 # %% ../nbs/08_stats.ipynb #fd7433ba
+def _value_edges(lo:float, hi:float, bins:int, spacing:str, c0:float)->tuple:
+    "(f, f(lo), f(hi), edges) of equal-width bins in f(x): x (linear) or asinh(x / c0)."
+    if spacing == "asinh":
+        ulo, uhi = math.asinh(lo / c0), math.asinh(hi / c0)
+        edges = (c0 * np.sinh(np.linspace(ulo, uhi, bins + 1))).tolist(); edges[0], edges[-1] = lo, hi
+        return (lambda x: torch.asinh(x / c0)), ulo, uhi, edges
+    return (lambda x: x), lo, hi, np.linspace(lo, hi, bins + 1).tolist()
+
 def value_histogram(tensors:dict[str, torch.Tensor], # parameter name -> tensor of values (e.g. the selected weights)
                     bins:int=100, # number of bins
                     lo:float|None=None, # left edge (default: the smallest value)
@@ -815,42 +874,27 @@ def value_histogram(tensors:dict[str, torch.Tensor], # parameter name -> tensor 
                     spacing:str="auto", # 'linear' (equal width), 'asinh' (equal width in asinh(x/linthresh)) or 'auto'
                     linthresh:float|None=None, # the linear half-width c of asinh bins (default: root mean square of the values)
                    )->dict:
-    "Histogram of raw values over all tensors, streamed on common edges over [lo, hi] (default: the global range)."
+    "Histogram of raw values over all tensors on common edges over [lo, hi] (default: the global range), from key-bin counts."
     _check_tensors(tensors, "value_histogram"); bins = _check_bins(bins)
     if spacing not in ("auto", "linear", "asinh"): raise EsaError(f"spacing must be 'auto', 'linear' or 'asinh', got {spacing!r}.")
-    n = n_nonfinite = n_fin = 0; mn, mx, ss = math.inf, -math.inf, 0.0
-    inside = lo is None and hi is None  # the range is the data's: every finite value is inside it
-    if lo is None or hi is None or (spacing != "linear" and linthresh is None):  # pass 1: range and root mean square
-        for t in tensors.values():
-            for c in _chunks(t):
-                c, lo_c, hi_c, _ = _finite(c)
-                if c.numel(): mn = min(mn, lo_c); mx = max(mx, hi_c); ss += float(c.double().square().sum()); n_fin += c.numel()
-    lo = mn if lo is None else float(lo); hi = mx if hi is None else float(hi)
+    V = _value_bins(tensors, sumsq=spacing != "linear" and linthresh is None)
+    lo_d, hi_d = lo is None, hi is None  # an edge that is the data's own extreme
+    lo = V["min"] if lo is None else float(lo); hi = V["max"] if hi is None else float(hi)
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        N = sum(t.numel() for t in tensors.values())
-        return {"edges": [], "counts": [], "n": N, "n_below": 0, "n_above": 0, "n_nonfinite": N, "spacing": "linear", "linthresh": None}
+        return {"edges": [], "counts": [], "n": V["n"], "n_below": 0, "n_above": 0, "n_nonfinite": V["n"], "spacing": "linear", "linthresh": None}
     if hi < lo: raise EsaError(f"value_histogram needs lo <= hi, got lo={lo} and hi={hi}.")
-    if hi == lo: lo, hi = lo - 0.5, hi + 0.5
-    c0 = float(linthresh) if linthresh is not None else (math.sqrt(ss / n_fin) if n_fin else 0.0)
+    if hi == lo: lo, hi, lo_d, hi_d = lo - 0.5, hi + 0.5, False, False
+    n_fin = V["n"] - V["bad"]
+    c0 = float(linthresh) if linthresh is not None else (math.sqrt(V["ss"] / n_fin) if n_fin else 0.0)
     if linthresh is not None and not c0 > 0: raise EsaError(f"linthresh must be positive, got {linthresh!r}.")
     if spacing == "auto": spacing = "asinh" if c0 > 0 and max(abs(lo), abs(hi)) > 10 * c0 else "linear"
     if spacing == "asinh" and not c0 > 0: spacing = "linear"  # all values zero: nothing to stretch
-    if spacing == "asinh":
-        f = lambda x: torch.asinh(x / c0)
-        ulo, uhi = math.asinh(lo / c0), math.asinh(hi / c0)
-        edges = (c0 * np.sinh(np.linspace(ulo, uhi, bins + 1))).tolist(); edges[0], edges[-1] = lo, hi
-    else:
-        f = lambda x: x; ulo, uhi = lo, hi; edges = np.linspace(lo, hi, bins + 1).tolist()
-    counts = torch.zeros(bins, dtype=torch.float64); below = above = 0
-    for t in tensors.values():  # pass 2: counts on the common edges
-        for c in _chunks(t):
-            n += c.numel(); c, _, _, bad = _finite(c); n_nonfinite += bad
-            c = c.double()
-            if not inside:
-                below += int((c < lo).sum()); above += int((c > hi).sum()); c = c[(c >= lo) & (c <= hi)]
-            if c.numel(): counts += torch.histc(f(c).clamp_(ulo, uhi), bins, ulo, uhi).cpu()
-    return {"edges": edges, "counts": [int(v) for v in counts.tolist()], "n": n, "n_below": below, "n_above": above,
-            "n_nonfinite": n_nonfinite, "spacing": spacing, "linthresh": c0 if spacing == "asinh" else None}
+    f, ulo, uhi, edges = _value_edges(lo, hi, bins, spacing, c0)
+    snap = _snapped(V["cnt"], edges, lo_d, hi_d)
+    if snap is None: counts, below, above = _exact_counts(tensors, f, ulo, uhi, bins, lo, hi, lo_d and hi_d)  # bins finer than the key bins
+    else: edges, counts, below, above = snap
+    return {"edges": edges, "counts": counts, "n": V["n"], "n_below": below, "n_above": above,
+            "n_nonfinite": V["bad"], "spacing": spacing, "linthresh": c0 if spacing == "asinh" else None}
 
 # %% ../nbs/08_stats.ipynb #46b0d584
 def _order_layer(v): return (v is None, v if v is not None else 0)

@@ -293,8 +293,9 @@ def _count_greater(t:torch.Tensor, # a score tensor (any shape, any device)
     sv, order = v.sort()
     hist = torch.zeros(m + 1, dtype=torch.long, device=flat.device)
     for ch in flat.split(_CHUNK):
-        # i = number of thresholds strictly below x, so x is greater than sv[0..i-1]
-        hist += torch.bincount(torch.searchsorted(sv, ch.to(dt), right=False), minlength=m + 1)
+        # i = number of thresholds strictly below x, so x is greater than sv[0..i-1]; x <= sv[0] gives i = 0, never counted
+        ch = ch.to(dt); ch = ch[ch > sv[0]]
+        hist += torch.bincount(torch.searchsorted(sv, ch, right=False), minlength=m + 1)
     greater_sorted = hist.flip(0).cumsum(0).flip(0)[1:]  # elements with i > j, for each sorted threshold j
     out = torch.empty(m, dtype=torch.long, device=flat.device)
     out[order] = greater_sorted

@@ -63,6 +63,13 @@ def _check_k(k, what:str="k")->int:
         raise EsaError(f"{what} must be a positive integer (the number of entries to select), got {k}.")
     return int(k)
 
+def _all_finite(t:torch.Tensor # any tensor
+               )->bool:
+    "No NaN and no ±inf in `t`: one min-max pass, since both show in the extremes."
+    if not t.is_floating_point() or not t.numel(): return True
+    lo, hi = torch.aminmax(t.detach().reshape(-1))
+    return math.isfinite(float(lo)) and math.isfinite(float(hi))
+
 def check_scores(scores:dict, # parameter name -> score tensor
                  what:str="top-k selection", # the step that needs the scores, for the error message
                 )->None:
@@ -75,7 +82,7 @@ def check_scores(scores:dict, # parameter name -> score tensor
             raise EsaError(f"the score for {name!r} is a {type(t).__name__}, not a torch.Tensor; scores must be a dict of tensors.")
         if t.is_complex() or t.dtype == torch.bool:
             raise EsaError(f"the score tensor {name!r} has dtype {t.dtype}; scores must be real numbers (fp32).")
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if not _all_finite(t):
             n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
             raise EsaError(f"the score tensor {name!r} (shape {tuple(t.shape)}, dtype {t.dtype}) holds {n_nan} NaN and {n_inf} "
                            "infinite values. esa_nb never ranks NaNs or infinities, because the order they would get is "
