@@ -66,7 +66,7 @@ class EsaConfig:
     hessian_mc_samples:int=4 # sampled labels per sequence for hessian_diag
     scores_from:str|None=None # reuse the saved scores of an earlier run directory
     superweight_blocks:int=16 # calibration blocks for the super-weight activation scan (recorded on the first seed's scoring passes)
-    loss_chunk:int|None=None # output-head positions per chunk (None: full logits)
+    loss_chunk:int|None=None # output-head positions per chunk (None: `auto_loss_chunk`, 256 for large vocabularies; 0: full logits)
     grad_checkpointing:bool=False # activation checkpointing in the gradient metrics
     save_scores:str="full" # full (reusable by later runs), topk (the top-k entries only) or none, in the run directory
     score_dtype:str="fp32" # dtype of saved scores: fp32, fp16 or bf16 (the top-k is always selected from fp32)
@@ -119,7 +119,7 @@ def _normalise(self:EsaConfig):
 
 # %% ../nbs/11_config.ipynb #8b96cfc3
 _POSITIVE = ("batch_size", "max_samples", "eval_samples", "hutchinson_samples", "hessian_mc_samples", "n_boot",
-             "superweight_blocks", "loss_chunk", "attribute_top")
+             "superweight_blocks", "attribute_top")
 
 def _flag(name:str)->str: return "--" + name.replace("_", "-")
 
@@ -137,6 +137,9 @@ def validate(self:EsaConfig)->EsaConfig:
     for n in _POSITIVE:
         v = getattr(self, n)
         if v is not None and (not isinstance(v, int) or v <= 0): raise EsaError(f"{_flag(n)} must be a positive integer (got {v}).")
+    lc = self.loss_chunk
+    if lc is not None and (not isinstance(lc, int) or isinstance(lc, bool) or lc < 0):
+        raise EsaError(f"--loss-chunk must be a number of positions, or 0 for full logits (got {lc}).")
     if self.seq_len is None or self.seq_len < 2: raise EsaError(f"--seq-len must be at least 2 tokens (got {self.seq_len}).")
     bad = [c for c in self.controls if c not in CONTROLS]
     if bad: raise EsaError(f"unknown control(s) {bad} in --controls; valid controls are {', '.join(CONTROLS)} (or 'none').")
@@ -196,7 +199,8 @@ def runner_parser()->argparse.ArgumentParser:
     g.add_argument("--scores-from", default=None, help="reuse the saved scores of an earlier run directory")
     g.add_argument("--superweight-blocks", type=int, default=d.superweight_blocks, help="calibration blocks for the super-weight activation scan (the first ones of the first seed; recorded during its scoring passes when the metric runs any, else a separate pass)")
     g.add_argument("--loss-chunk", type=int, default=None, help="apply the output head to this many positions at a time (fp32 "
-                   "log-softmax per chunk) instead of materialising full logits: long sequences with large vocabularies, e.g. 1024")
+                   "log-softmax per chunk) instead of materialising full logits (default: 256 when the vocabulary has at least "
+                   "32,768 entries and the head can be chunked; 0: always full logits)")
     g.add_argument("--grad-checkpointing", action="store_true", help="activation checkpointing during the gradient metrics "
                    "(recompute each layer in the backward pass: less memory, ~1/3 more compute)")
     g.add_argument("--save-scores", default=d.save_scores, choices=SAVE_SCORES, help="scores kept in the run directory: full (every "

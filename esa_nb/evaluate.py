@@ -20,9 +20,10 @@ from tqdm.auto import tqdm
 from .distributed import DistEnv, all_gather_blocks, shard_indices
 
 # %% auto #0
-__all__ = ['CHUNKABLE', 'IMPLAUSIBLE_PPL', 'IMPLAUSIBLE_ACC', 'NGRAM', 'OVERLAP_WARN', 'REPEAT_WARN', 'COMPRESSION_WARN',
-           'input_device', 'output_head', 'last_hidden', 'sequence_nll', 'evaluate', 'summarize', 'check_plausibility',
-           'window_hashes', 'compression_ratio', 'text_overlap', 'text_warnings']
+__all__ = ['CHUNKABLE', 'AUTO_CHUNK_VOCAB', 'AUTO_CHUNK', 'IMPLAUSIBLE_PPL', 'IMPLAUSIBLE_ACC', 'NGRAM', 'OVERLAP_WARN',
+           'REPEAT_WARN', 'COMPRESSION_WARN', 'input_device', 'output_head', 'auto_loss_chunk', 'last_hidden',
+           'sequence_nll', 'evaluate', 'summarize', 'check_plausibility', 'window_hashes', 'compression_ratio',
+           'text_overlap', 'text_warnings']
 
 # %% ../nbs/03_evaluate.ipynb #766d2fe7
 def input_device(model)->torch.device:
@@ -45,6 +46,14 @@ def output_head(model:nn.Module # a causal LM
     base = getattr(model, "base_model", None)
     if not isinstance(head, nn.Linear) or base is None or base is model: return None
     return base, head
+
+AUTO_CHUNK_VOCAB, AUTO_CHUNK = 32_768, 256  # vocabularies this large get chunked by default, this many positions at a time
+
+def auto_loss_chunk(model:nn.Module # a causal LM
+                   )->int:
+    "The default `loss_chunk`: `AUTO_CHUNK` positions when the vocabulary is large and the head can be chunked, else 0 (full logits)."
+    head = output_head(model)
+    return AUTO_CHUNK if head is not None and head[1].out_features >= AUTO_CHUNK_VOCAB else 0
 
 def _ce_chunk(head:nn.Module, # the output head
               h:torch.Tensor, # [c, H] hidden states of c positions

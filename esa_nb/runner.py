@@ -41,7 +41,7 @@ def run_esa(cfg:EsaConfig, # validated options (`EsaConfig.from_argv`)
     "Run baseline, profiling, stability and perturbation as configured; write every output (rank 0); return a summary."
     env = dist_setup(cfg)
     s = Study(config=cfg, dist=env, argv=argv)          # load model and text, check everything that needs them
-    s.man.update(scale={"loss_chunk": cfg.loss_chunk, "grad_checkpointing": cfg.grad_checkpointing, "device_map": cfg.device_map,
+    s.man.update(scale={"loss_chunk": s.cfg.loss_chunk, "grad_checkpointing": cfg.grad_checkpointing, "device_map": cfg.device_map,
                         "sharding": "contiguous blocks per rank; sums all-reduced, per-block results gathered in block order"
                                     if env.distributed else None})
     out = s.claim(cfg.run_dir, cfg.overwrite)          # then claim the run directory

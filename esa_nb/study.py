@@ -26,7 +26,7 @@ from .config import EsaConfig, DAMAGED_MARKER
 from .baseline import run_baseline
 from .data import load_text
 from .distributed import DistEnv, on_ranks, broadcast_object, agree
-from .evaluate import evaluate
+from .evaluate import evaluate, auto_loss_chunk
 from .models import load_model, context_length
 from .weights import select_weights, weight_coverage, expert_summary
 from .metrics import METRIC_SPECS, compute_scores
@@ -114,6 +114,8 @@ def _load(self:Study):
         with self.man.phase("load_data"): self.data0 = self.data_for(c.seeds[0])
     on_ranks(load, self.env, where="main")
     if self.env.distributed: on_ranks(load, self.env, where="others")
+    if c.loss_chunk is None:  # the default: chunk the loss of a large vocabulary (recorded as the value used)
+        self.cfg = c = dataclasses.replace(c, loss_chunk=auto_loss_chunk(self.model)); self.man.config["loss_chunk"] = c.loss_chunk
     self.refs = select_weights(self.model, c.include, c.exclude)
     self.coverage = weight_coverage(self.model, self.refs)  # what share of the model is analysed (never skipped silently)
     self.man.update(model=self.model.esa_info, data={k: v for k, v in self.data0.info.items() if k != "calib_block_indices"},
@@ -163,7 +165,7 @@ def baseline(self:Study)->Baseline:
     "Phase 1 on the evaluation blocks (computed once per study)."
     if self._base is None:
         with self.man.phase("baseline"):
-            b = run_baseline(self.model, self.data0, self.cfg.batch_size, progress=self.progress, loss_chunk=self.cfg.loss_chunk,
+            b = run_baseline(self.model, self.data0, self.cfg.batch_size, progress=self.progress, loss_chunk=self.cfg.loss_chunk or None,
                              dist=self.env)
         self.log.info(f"baseline: ppl {b['ppl']:.3f}, accuracy {b['token_accuracy']:.2%}")
         self._base = Baseline(b)
@@ -283,7 +285,7 @@ def _seed_scores(self:Study, prof:Profile, # the profile being built
         with scan if scan is not None else nullcontext():
             res = compute_scores(self.model, self.refs, data.calib, c.metric, batch_size=c.batch_size, seed=seed,
                                  hutchinson_samples=c.hutchinson_samples, hessian_mc_samples=c.hessian_mc_samples, progress=self.progress,
-                                 loss_chunk=c.loss_chunk, grad_checkpointing=c.grad_checkpointing, dist=self.env if self.env.distributed else None)
+                                 loss_chunk=c.loss_chunk or None, grad_checkpointing=c.grad_checkpointing, dist=self.env if self.env.distributed else None)
         if scan is not None and scan.scanned: prof.spikes = scan.result()
         if self.rank0:
             for n in res.info.get("notes", []): self.log.warning(n)
@@ -428,7 +430,7 @@ def run_condition(model, # the model (perturbed in place, restored on exit)
     "Damage `selection`, evaluate on the baseline's blocks, restore bit-exactly, and compare paired per block."
     prog = not cfg.no_progress and (dist is None or dist.is_main)
     with perturbed(params, selection, settings=settings, generator=seed, verify=cfg.verify_restore) as rec:
-        res = evaluate(model, eval_blocks, batch_size=cfg.batch_size, progress=prog, desc=desc, loss_chunk=cfg.loss_chunk, dist=dist)
+        res = evaluate(model, eval_blocks, batch_size=cfg.batch_size, progress=prog, desc=desc, loss_chunk=cfg.loss_chunk or None, dist=dist)
     d = paired_delta(torch.tensor(base["block_nll_sum"]), torch.tensor(base["block_tokens"]), torch.tensor(res["block_nll_sum"]),
                      n_boot=cfg.n_boot, seed=seed)
     out = {"ppl": res["ppl"], "nll": res["nll"], "token_accuracy": res["token_accuracy"],
@@ -605,7 +607,7 @@ def _hold_experiment(self:Study, core:list, c:EsaConfig, seed:int, damaged:dict)
     if not targets: return {"note": "no core weight writes a module output channel (fused expert gate/up rows): nothing to hold"}
     hold = ChannelHold(self.model, targets)
     with hold.active("record"):
-        evaluate(self.model, self.data0.eval, batch_size=c.batch_size, progress=False, loss_chunk=c.loss_chunk,
+        evaluate(self.model, self.data0.eval, batch_size=c.batch_size, progress=False, loss_chunk=c.loss_chunk or None,
                  dist=self.env if self.env.distributed else None)
     with hold.active("hold"): held = self._effect(core, c.settings, c, seed)
     d, h = damaged["delta_nll"], held["delta_nll"]
