@@ -381,15 +381,15 @@ def changeable(values:torch.Tensor, # weights, in their storage dtype (any shape
               )->torch.Tensor:
     "Bool mask shaped like `values`: the weights whose value the perturbation changes (with positive probability)."
     s, w = _as_settings(settings), values.detach()
-    nothing, every = torch.zeros_like(w, dtype=torch.bool), torch.ones_like(w, dtype=torch.bool)
+    nothing, every = lambda: torch.zeros_like(w, dtype=torch.bool), lambda: torch.ones_like(w, dtype=torch.bool)
     if s.method == "bit_flip":
-        if s.prob == 0: return nothing
-        return w != 0 if resolve_bit(s.bit, w.dtype) == FLOAT_BITS[w.dtype].sign else every
+        if s.prob == 0: return nothing()
+        return w != 0 if resolve_bit(s.bit, w.dtype) == FLOAT_BITS[w.dtype].sign else every()
     if not w.is_floating_point(): raise EsaError(f"{s.method} needs floating-point weights, got {w.dtype}.")
     if s.method == "gauss_noise":
-        if s.scale == 0: return nothing
-        if s.noise == "absolute": return every
-    if s.method == "scale" and s.scale == 1: return nothing  # alpha = 1 is the identity
+        if s.scale == 0: return nothing()
+        if s.noise == "absolute": return every()
+    if s.method == "scale" and s.scale == 1: return nothing()  # alpha = 1 is the identity
     return w != 0
 
 # %% ../nbs/09_perturb.ipynb #3156f639

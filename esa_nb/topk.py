@@ -305,14 +305,18 @@ def select_seeded(scores:dict[str, torch.Tensor], # parameter name -> score tens
                                         "must have at least k. Use a smaller k, or mode 'global'.")
             parts.append((n, *_tensor_select_seeded(flat(n), k, largest, n, seed, m)))
         return TopK([n for n, _, _, i in parts for _ in range(len(i))], torch.cat([p[3] for p in parts]), torch.cat([p[1] for p in parts]))
+    if isinstance(eligible, Mapping):
+        for n in names: _eligible_mask(eligible, n, scores[n])  # given masks are checked up front (computed ones, when needed)
     run = [torch.empty(0, dtype=torch.float32)] + [torch.empty(0, dtype=torch.long)] * 3  # score, key, tensor, flat index
     for t, n in enumerate(names):
-        x, m = flat(n), _eligible_mask(eligible, n, scores[n])
-        if len(run[0]) == k:
+        x, m = flat(n), None
+        if len(run[0]) == k:  # a tensor with no entry beyond the running k-th score cannot change the selection: skip it
             beyond = x >= run[0][-1].item() if largest else x <= run[0][-1].item()
-            if m is not None: beyond &= m.to(x.device)
             if not bool(beyond.any()): continue
+            m = _eligible_mask(eligible, n, scores[n])  # only now: eligibility costs a pass over the weights
+            if m is not None and not bool((beyond & m.to(x.device)).any()): continue
             del beyond
+        else: m = _eligible_mask(eligible, n, scores[n])
         v, key, i = _tensor_select_seeded(x, k, largest, n, seed, m)
         run = [torch.cat([run[0], v]), torch.cat([run[1], key]), torch.cat([run[2], torch.full((len(i),), t)]), torch.cat([run[3], i])]
         o = torch.sort(run[1], stable=True).indices
