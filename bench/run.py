@@ -181,8 +181,10 @@ def w_metric(a):
     refs = select_weights(model)
     rss_loaded = _rss_now()
     B0 = B[:1, :16]  # a tiny input: the metric's fixed cost per weight (buffers, final pass, checks)
+    from esa_nb.evaluate import auto_loss_chunk
+    lc = auto_loss_chunk(model) or None  # the runner's default: the loss of a large vocabulary in chunks
     run = lambda X: compute_scores(model, refs, X, a["metric"], batch_size=a["bs"], progress=False,
-                                   hutchinson_samples=a["K"], hessian_mc_samples=a["S"])
+                                   hutchinson_samples=a["K"], hessian_mc_samples=a["S"], loss_chunk=lc)
     bare = lambda X: _bare_fwd_bwd(model, refs, X, a["bs"])
     bare(B0); run(B0)  # warm-up
     b0 = min(_timed(lambda: bare(B0), dev)[0] for _ in range(2))
@@ -202,7 +204,7 @@ def w_metric(a):
            "bare_extra_bytes": pk_bare.extra, "score_bytes": 4 * sum(r.numel for r in refs),
            "grad_bytes": sum(r.numel * r.param.element_size() for r in refs), "fp32_weight_bytes": 4 * sum(p.numel() for p in model.parameters()),
            "logits_bytes": a["bs"] * B.shape[1] * model.get_output_embeddings().weight.shape[0] * 4, "samples": a["K"] if a["metric"] == "hutchinson_diag" else a["S"] if a["metric"] == "hessian_diag" else None,
-           "device": str(dev)})
+           "device": str(dev), "loss_chunk": lc})
 
 
 def w_topk(a):
@@ -413,6 +415,8 @@ def _memory_breakdown(cfg, res):
           "2.5 x fp32 weights + activations of one batch)",
           ["metric", "weights", "score buffers", "gradients", "activations", "of which logits", "metric extra", "weights + extra",
            "bound", "ratio (<= 1)"], rows)
+    print(f"  the metrics run with the runner's default loss chunking (loss_chunk={next(iter(res.values())).get('loss_chunk')}); the bare "
+          "forward+backward that measures one batch's activations keeps full logits.")
     print("  score buffers = 4 bytes per selected weight; gradients = the selected weights' .grad in their dtype; activations = the\n"
           "  peak of a bare forward+backward of one batch beyond its gradients (measured); logits = batch x tokens x vocabulary x 4 bytes\n"
           "  (computed, part of the activations); metric extra = the metric's measured peak beyond the loaded model.")

@@ -755,8 +755,9 @@ _S64 = _STARTS.double()  # bin boundaries: boundary j is the smallest value of k
 _FIN = (0x80, 0xFF80)  # the key bins of finite values: [0x80, 0xFF80)
 
 def _chunks(t:torch.Tensor): # a tensor of any shape, dtype and device
-    "Flat fp32 chunks of `t` (views where possible)."
+    "Flat fp32 chunks of `t` (views where possible; on the CPU unless `t` is on a CUDA device)."
     x = t.detach().reshape(-1)
+    if x.device.type not in ("cpu", "cuda"): x = x.cpu()  # e.g. MPS: no int32 bincount
     for s in range(0, x.numel(), _HCHUNK): yield x[s:s + _HCHUNK].float()
 
 def _finite(c:torch.Tensor # a flat fp32 chunk
