@@ -167,13 +167,8 @@ def hill_alpha(x:torch.Tensor, # values (any shape); the tail of |x| is used
 _B = 1 << 16
 _SIGN = 1 << 31
 
-def _keys(v:torch.Tensor)->torch.Tensor:
-    "Monotone int64 keys in [0, 2³²) of flat fp32 values: key order = numeric order (−0.0 below +0.0)."
-    b = v.contiguous().view(torch.int32)
-    return (b ^ ((b >> 31) | -_SIGN)).long() & 0xFFFFFFFF  # b >= 0: b + 2³¹; b < 0: −1 − b (int32 bit ops, then widened)
-
 def _key_values(k:torch.Tensor)->torch.Tensor:
-    "Inverse of `_keys`: the fp32 value of each key."
+    "The fp32 value of each unsigned key (`_keys32`'s int32 key + 2³¹)."
     return torch.where(k >= _SIGN, k - _SIGN, -1 - k).to(torch.int32).view(torch.float32)
 
 def _bin_starts()->torch.Tensor:
@@ -192,7 +187,7 @@ def _keys32(c:torch.Tensor # flat fp32 values
            )->tuple:
     "(the values with −0.0 made +0.0, their int32 keys, their 16-bit bins), with int32 bit operations only."
     c = c + 0.0; b = c.view(torch.int32)
-    k = (b >> 31).bitwise_and_(0x7FFFFFFF).bitwise_xor_(b)  # signed int32 order = numeric order; `_keys` gives k + 2³¹
+    k = (b >> 31).bitwise_and_(0x7FFFFFFF).bitwise_xor_(b)  # signed int32 order = numeric order; the unsigned key is k + 2³¹
     return c, k, (k >> 16).add_(0x8000)
 
 class _RadixSelect:
