@@ -74,10 +74,43 @@ def last_hidden(model:nn.Module, # a causal LM accepted by `output_head`
     base, _ = output_head(model)
     return base(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
 
+class _FusedHeadLoss(torch.autograd.Function):
+    "Chunked head loss whose gradient w.r.t. the hidden states is taken in the forward pass, one chunk at a time."
+    @staticmethod
+    def forward(ctx, hf:torch.Tensor, tf:torch.Tensor, head:nn.Module, chunk:int):
+        nlls, cors, grads = [], [], []
+        for s in range(0, len(hf), chunk):
+            with torch.enable_grad():  # a chunk's graph lives only inside this loop step
+                h = hf[s:s + chunk].detach().requires_grad_(True)
+                n, c = _ce_chunk(head, h, tf[s:s + chunk])
+                g, = torch.autograd.grad(n.sum(), h)  # row i: ∂nll_i/∂h_i (each position's loss sees only its own h)
+            nlls.append(n.detach()); cors.append(c); grads.append(g)
+        cor = torch.cat(cors)
+        ctx.save_for_backward(torch.cat(grads))
+        ctx.mark_non_differentiable(cor)
+        return torch.cat(nlls), cor
+
+    @staticmethod
+    def backward(ctx, g_nll, g_cor):
+        if torch.is_grad_enabled():  # create_graph=True: the head's curvature would be silently missing
+            raise RuntimeError("sequence_nll's fused chunked loss is differentiable once; pass create_graph=True to "
+                               "sequence_nll when the gradient itself will be differentiated (Hessian-vector products)")
+        gh, = ctx.saved_tensors
+        return (gh.to(g_nll.dtype) * g_nll[:, None]).to(gh.dtype), None, None, None
+
+def _fusable(hf:torch.Tensor, # [N, H] hidden states
+             head:nn.Module, # the output head
+             create_graph:bool, # the caller differentiates the loss twice
+            )->bool:
+    "True when the loss will be differentiated once, w.r.t. the hidden states only: `_FusedHeadLoss` applies."
+    return (torch.is_grad_enabled() and hf.requires_grad and not create_graph
+            and not any(p.requires_grad for p in head.parameters()))
+
 def sequence_nll(model, # a causal LM
                  input_ids:torch.Tensor, # [B, T] token ids, no padding
                  labels:torch.Tensor|None=None, # [B, T] targets aligned with input_ids (default: input_ids; -100 = ignore)
                  loss_chunk:int|None=None, # positions per output-head chunk (None: full logits); see above
+                 create_graph:bool=False, # the caller differentiates the result twice (Hutchinson): chunks use checkpointing
                 )->tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     "Per-sequence sum of next-token NLL (fp32), number of scored tokens, and number of correct argmax predictions."
     input_ids = input_ids.to(input_device(model))
@@ -96,15 +129,15 @@ def sequence_nll(model, # a causal LM
     h = last_hidden(model, input_ids)
     tg = labels[:, 1:]
     B, T1 = tg.shape
-    hf, tf = h.reshape(B * T1, h.shape[-1]), tg.reshape(-1)
-    ckpt = torch.is_grad_enabled() and (hf.requires_grad or any(p.requires_grad for p in head.parameters()))
-    nlls, cors = [], []
-    for s in range(0, B * T1, int(loss_chunk)):
-        a = (head, hf[s:s + loss_chunk], tf[s:s + loss_chunk])
-        n_, c_ = checkpoint(_ce_chunk, *a, use_reentrant=False) if ckpt else _ce_chunk(*a)
-        nlls.append(n_); cors.append(c_)
-    nll = torch.cat(nlls).view(B, T1)
-    return nll.sum(1), (tg != -100).sum(1), torch.cat(cors).view(B, T1).sum(1)
+    hf, tf, c = h.reshape(B * T1, h.shape[-1]), tg.reshape(-1), int(loss_chunk)
+    if _fusable(hf, head, create_graph): nll, cor = _FusedHeadLoss.apply(hf, tf, head, c)
+    else:
+        ckpt = torch.is_grad_enabled() and (hf.requires_grad or any(p.requires_grad for p in head.parameters()))
+        out = [checkpoint(_ce_chunk, head, hf[s:s + c], tf[s:s + c], use_reentrant=False) if ckpt
+               else _ce_chunk(head, hf[s:s + c], tf[s:s + c]) for s in range(0, B * T1, c)]
+        nll, cor = torch.cat([n for n, _ in out]), torch.cat([k for _, k in out])
+    return nll.view(B, T1).sum(1), (tg != -100).sum(1), cor.view(B, T1).sum(1)
+
 
 # %% ../nbs/03_evaluate.ipynb #533d9ab5
 def evaluate(model, # a causal LM

@@ -642,7 +642,7 @@ def _hutchinson(model:nn.Module, # the causal LM (inside `_grad_scope`, eager at
     try:
         with _explain_double_backward(), _bar(math.ceil(len(blocks) / bs) * K, "hutchinson_diag", run.progress) as bar:
             for i in range(0, len(blocks), bs):
-                nll, n, _ = sequence_nll(model, blocks[i:i + bs], loss_chunk=run.loss_chunk)
+                nll, n, _ = sequence_nll(model, blocks[i:i + bs], loss_chunk=run.loss_chunk, create_graph=True)
                 n_tok += int(n.sum())
                 g = torch.autograd.grad(nll.sum() / T_tot, params, create_graph=True, allow_unused=True)
                 _probe_hvps(params, g, K, run.seed, probe, bar)
