@@ -3,7 +3,8 @@
 --controls random_k,bottom_k --seeds 0,1`, written the way a researcher would write it with plain PyTorch and transformers.
 
 It loads the GGUF through transformers, deep-copies the model for every damaged condition, and concatenates all scores
-for the global top-k. Usage: plain_workflow.py GGUF_FILE SEQ_LEN N_CALIB N_EVAL; prints one JSON line.
+for the global top-k. Usage: plain_workflow.py MODEL SEQ_LEN N_CALIB N_EVAL [DEVICE]; MODEL is a .gguf file or a
+save_pretrained directory, DEVICE cpu (default) or cuda; prints one JSON line.
 """
 import copy, json, sys, time
 from pathlib import Path
@@ -12,10 +13,12 @@ import torch
 from pydoc_data.topics import topics
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-gguf, T, n_cal, n_ev = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+src, T, n_cal, n_ev = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+dev = torch.device(sys.argv[5] if len(sys.argv) > 5 else "cpu")
 t0 = time.perf_counter()
-tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.float32).eval()
+where = dict(pretrained_model_name_or_path=src) if src.is_dir() else dict(pretrained_model_name_or_path=src.parent, gguf_file=src.name)
+tok = AutoTokenizer.from_pretrained(**where)
+model = AutoModelForCausalLM.from_pretrained(**where, torch_dtype=torch.float32).to(dev).eval()
 t_load = time.perf_counter() - t0
 
 keys = sorted(topics)
@@ -23,7 +26,7 @@ cut = int(len(keys) * 0.8)
 def blocks(ks):
     ids = tok("\n\n".join(topics[k] for k in ks), return_tensors="pt").input_ids[0]
     n = len(ids) // T
-    return ids[: n * T].view(n, T)
+    return ids[: n * T].view(n, T).to(dev)
 calib_all, evals = blocks(keys[:cut]), blocks(keys[cut:])[:n_ev]
 
 def nll_per_block(m):
@@ -42,7 +45,7 @@ params = dict(model.named_parameters())
 results = {}
 for seed in (0, 1):
     g = torch.Generator().manual_seed(seed)
-    calib = calib_all[torch.randperm(len(calib_all), generator=g)[:n_cal]]
+    calib = calib_all[torch.randperm(len(calib_all), generator=g)[:n_cal].to(dev)]
     model.zero_grad()
     for i in range(0, len(calib), 4):
         b = calib[i:i + 4]
@@ -63,5 +66,6 @@ for seed in (0, 1):
         results[f"{seed}/{cname}"] = float(d.sum() / (len(evals) * (T - 1)))
         del m2
     model.zero_grad(set_to_none=True)
-print(json.dumps({"load_s": t_load, "wall_s": time.perf_counter() - t0, "baseline_nll": float(base.sum() / (len(evals) * (T - 1))),
+peak = {"peak_cuda": torch.cuda.max_memory_allocated(dev)} if dev.type == "cuda" else {}
+print(json.dumps({**peak, "load_s": t_load, "wall_s": time.perf_counter() - t0, "baseline_nll": float(base.sum() / (len(evals) * (T - 1))),
                   "delta_nll": results}))

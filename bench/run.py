@@ -105,6 +105,16 @@ def _timed(fn, device=None):
 def _weight_bytes(model) -> int: return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
+def _find(d, key):
+    "The first value of `key` anywhere in a nested dict/list (None if absent)."
+    if isinstance(d, dict):
+        if key in d: return d[key]
+        d = list(d.values())
+    for v in d if isinstance(d, list) else []:
+        if (r := _find(v, key)) is not None: return r
+    return None
+
+
 def _emit(obj):
     print(TAG + json.dumps(obj), flush=True)
 
@@ -437,12 +447,15 @@ def sec_plain(cfg, R):
     "esa_nb against the plain script a researcher would write (bench/plain_workflow.py), interleaved runs, medians."
     import statistics
     from esa_nb.models import embedded_gguf_path
-    exe = Path(sys.executable).parent / "esa-runner"
+    exe = Path(sys.executable).parent / "esa-runner"  # the installed command, as a user runs it (else the module)
+    runner = [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys; from esa_nb.runner import main; sys.exit(main())"]
     tmp = Path(tempfile.mkdtemp(prefix="esa_bench_plain."))
     T, nc, ne = cfg.plain_seq, cfg.plain_blocks, cfg.plain_blocks
-    esa = [str(exe), "--metric", "grad_x_weight", "--mode", "global", "--topk", "100", "--max-samples", str(nc), "--eval-samples", str(ne),
-           "--seq-len", str(T), "--perturb", "zero", "--controls", "random_k,bottom_k", "--seeds", "0,1", "--no-progress", "--device", "cpu"]
-    plain = [sys.executable, str(HERE / "plain_workflow.py"), str(embedded_gguf_path()), str(T), str(nc), str(ne)]
+    dev = cfg.device if cfg.device != "auto" else "cpu"  # the targets are set on the CPU: CUDA only when asked for
+    model = cfg.plain_model or str(embedded_gguf_path())
+    esa = runner + ["--model", model, "--metric", "grad_x_weight", "--mode", "global", "--topk", "100", "--max-samples", str(nc), "--eval-samples", str(ne),
+           "--seq-len", str(T), "--perturb", "zero", "--controls", "random_k,bottom_k", "--seeds", "0,1", "--no-progress", "--device", dev]
+    plain = [sys.executable, str(HERE / "plain_workflow.py"), model, str(T), str(nc), str(ne), dev]
     runs = {"esa_nb": [], "plain": []}
     try:
         for i in range(cfg.plain_repeats):  # interleaved, so that machine load affects both alike
@@ -452,6 +465,7 @@ def sec_plain(cfg, R):
                 r = run_worker("measure", {"cmd": cmd})
                 if name == "esa_nb":
                     man = json.loads((tmp / f"run{i}" / "out" / "experiment_manifest.json").read_text()); r["phases"] = man["phase_seconds"]
+                    r["peak_cuda"] = _find(man, "peak_cuda_allocated_bytes")
                     assert not man.get("score_reuse"), "a benchmark run reused saved scores"
                 runs[name].append(r)
     finally: shutil.rmtree(tmp, ignore_errors=True)
@@ -461,7 +475,12 @@ def sec_plain(cfg, R):
     rows = [[n, f(med[n]["wall_s"], 1), f"{f(spread[n]['wall_s'][0], 1)}-{f(spread[n]['wall_s'][1], 1)}", _gb(med[n]["peak_rss"]),
              f"{_gb(spread[n]['peak_rss'][0])}-{_gb(spread[n]['peak_rss'][1])}"] for n in runs]
     rows.append(["esa_nb / plain", f(med["esa_nb"]["wall_s"] / med["plain"]["wall_s"]), "", f(med["esa_nb"]["peak_rss"] / med["plain"]["peak_rss"]), ""])
-    table(f"esa_nb against a plain PyTorch workflow: embedded SmolLM2-135M, {nc} calibration + {ne} evaluation blocks of {T}, "
+    if dev != "cpu":  # device memory: the peak allocated by each workflow (the plain script prints its own)
+        cu = {n: statistics.median(x.get("peak_cuda") or 0 for x in v) for n, v in runs.items()}
+        med["esa_nb"]["peak_cuda"], med["plain"]["peak_cuda"] = cu["esa_nb"], cu["plain"]
+        print(f"  peak {dev} memory allocated: esa_nb {_gb(cu['esa_nb'])}, plain {_gb(cu['plain'])}, ratio {f(cu['esa_nb'] / max(cu['plain'], 1))}")
+    what = "embedded SmolLM2-135M" if not cfg.plain_model else Path(cfg.plain_model).name
+    table(f"esa_nb against a plain PyTorch workflow on {dev}: {what}, {nc} calibration + {ne} evaluation blocks of {T}, "
           f"grad_x_weight global top-100, zero + random_k + bottom_k, seeds 0,1; median of {cfg.plain_repeats} interleaved runs "
           "(targets: <= 0.6 wall, <= 0.5 peak memory)", ["workflow", "wall s", "range", "peak RSS", "range"], rows)
     ph = statistics.median  # where esa_nb's time goes (median over runs)
@@ -486,7 +505,11 @@ def w_measure(a):
     t = time.perf_counter()
     p = subprocess.run(a["cmd"], capture_output=True, text=True, cwd=ROOT)
     if p.returncode != 0: raise RuntimeError(f"{a['cmd'][0]} failed:\n{p.stderr[-3000:]}")
-    _emit({"wall_s": time.perf_counter() - t, "peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024})
+    lines = p.stdout.strip().splitlines()
+    try: said = json.loads(lines[-1]) if lines else {}
+    except ValueError: said = {}
+    _emit({"wall_s": time.perf_counter() - t, "peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+           "peak_cuda": said.get("peak_cuda") if isinstance(said, dict) else None})
 
 
 WORKERS["measure"] = w_measure
@@ -588,6 +611,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="small sizes, no first load (about 3 minutes on 2 cores)")
     p.add_argument("--only", default=None, help="comma-separated sections: load, metrics, topk, scaling, torchrun, attribute, plain")
     p.add_argument("--device", default="auto", help="device of the model measurements (auto: CUDA if present)")
+    p.add_argument("--plain-model", default=None, help="plain: the model both workflows load (default: the embedded GGUF)")
+    p.add_argument("--plain-repeats", type=int, default=None, help="plain: interleaved runs of each workflow (default 3)")
     p.add_argument("--out", default=None, help="JSON file to write (default bench/results/bench-<time>.json)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("worker_args", nargs="?", default=None, help=argparse.SUPPRESS)
@@ -602,7 +627,8 @@ def main(argv=None):
     cfg.s_seq, cfg.s_blocks = (64, 2) if q else (128, 2)
     cfg.tr_hidden, cfg.tr_layers, cfg.tr_seq, cfg.tr_blocks = (128, 2, 64, 8) if q else (256, 4, 128, 16)
     cfg.attr_ks = [25, 100] if q else [25, 50, 100, 200]
-    cfg.plain_seq, cfg.plain_blocks, cfg.plain_repeats = (128, 4, 1) if q else (256, 8, 3)
+    cfg.plain_seq, cfg.plain_blocks, reps = (128, 4, 1) if q else (256, 8, 3)
+    cfg.plain_repeats = cfg.plain_repeats or reps
     sections = {"load": sec_load, "metrics": sec_metrics, "topk": sec_topk, "scaling": sec_scaling, "torchrun": sec_torchrun,
                 "attribute": sec_attribute, "plain": sec_plain}
     chosen = [s.strip() for s in cfg.only.split(",")] if cfg.only else list(sections)
