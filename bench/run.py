@@ -612,6 +612,7 @@ def main(argv=None):
     p.add_argument("--only", default=None, help="comma-separated sections: load, metrics, topk, scaling, torchrun, attribute, plain")
     p.add_argument("--device", default="auto", help="device of the model measurements (auto: CUDA if present)")
     p.add_argument("--plain-model", default=None, help="plain: the model both workflows load (default: the embedded GGUF)")
+    p.add_argument("--plain-size", default=None, help="plain: SEQ_LEN,BLOCKS for calibration and evaluation (default 256,8)")
     p.add_argument("--plain-repeats", type=int, default=None, help="plain: interleaved runs of each workflow (default 3)")
     p.add_argument("--out", default=None, help="JSON file to write (default bench/results/bench-<time>.json)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -629,6 +630,7 @@ def main(argv=None):
     cfg.attr_ks = [25, 100] if q else [25, 50, 100, 200]
     cfg.plain_seq, cfg.plain_blocks, reps = (128, 4, 1) if q else (256, 8, 3)
     cfg.plain_repeats = cfg.plain_repeats or reps
+    if cfg.plain_size: cfg.plain_seq, cfg.plain_blocks = map(int, cfg.plain_size.split(","))
     sections = {"load": sec_load, "metrics": sec_metrics, "topk": sec_topk, "scaling": sec_scaling, "torchrun": sec_torchrun,
                 "attribute": sec_attribute, "plain": sec_plain}
     chosen = [s.strip() for s in cfg.only.split(",")] if cfg.only else list(sections)

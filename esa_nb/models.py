@@ -12,6 +12,8 @@ import os
 import re
 import shutil
 import tempfile
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 import torch
@@ -188,6 +190,15 @@ def _dir_sha256(d:Path)->dict:
     "sha256 of each weight file in a model directory."
     return {f.name: sha256_file(f) for f in sorted(d.glob("*.safetensors")) + sorted(d.glob("*.bin"))}
 
+def _in_background(fn, *args)->Future:
+    "Run `fn(*args)` in a daemon thread (hashlib releases the GIL on large buffers); `.result()` waits for it."
+    fut = Future()
+    def work():
+        try: fut.set_result(fn(*args))
+        except BaseException as e: fut.set_exception(e)
+    threading.Thread(target=work, daemon=True, name="esa-hash").start()
+    return fut
+
 
 def _hub_error(name, err):
     "The message for a hub id that could not be loaded; it suggests only what is not already the case."
@@ -230,7 +241,7 @@ def _resolve_source(name_or_path:str # 'smollm2-135m', a hub id, a save_pretrain
             info.update(kind="gguf", path=str(p.resolve()), gguf_sha256=digest)
         elif p.is_dir() and (p/"config.json").is_file():
             _check_model_dir(p); src = p
-            info.update(kind="local_dir", path=str(p.resolve()), weight_sha256=_dir_sha256(p))
+            info.update(kind="local_dir", path=str(p.resolve()), weight_sha256=_in_background(_dir_sha256, p))  # read while loading
         else:
             raise EsaError(f"--model {name_or_path!r} is neither a model directory (a folder with config.json written by "
                            f"save_pretrained) nor a .gguf file{'' if p.exists() else ', and does not exist'}. "
@@ -310,6 +321,7 @@ def load_model(name_or_path:str=DEFAULT_MODEL, # 'smollm2-135m', a hub id, a sav
     if info["kind"] == "hub" and hub_offline(): kw["local_files_only"] = True
     if attn_implementation: kw["attn_implementation"] = attn_implementation
     if device_map is not None: kw["device_map"] = device_map
+    elif dev.type == "cuda": kw["device_map"] = dev  # one device: weights go straight there, not through host memory
     try:
         tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code,
                                             **({"local_files_only": True} if kw.get("local_files_only") else {}))
@@ -320,6 +332,7 @@ def load_model(name_or_path:str=DEFAULT_MODEL, # 'smollm2-135m', a hub id, a sav
         if not isinstance(e, (OSError, ValueError, SafetensorError)): raise
         raise _load_error(e, name_or_path, info, src) from None
     _check_vocab(model, tok, name_or_path)
+    if isinstance(info.get("weight_sha256"), Future): info["weight_sha256"] = info["weight_sha256"].result()
     if info["kind"] == "hub": info["revision"] = getattr(model.config, "_commit_hash", None)
     if device_map is None: model.to(dev)
     model.eval().requires_grad_(False)

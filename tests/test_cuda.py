@@ -120,7 +120,8 @@ def test_metrics_match_cpu(metric):
             if metric == "hutchinson_diag" and DEV != "cpu":
                 # the probes come from a generator on the parameter's device: a different draw, the same estimator
                 assert torch.isfinite(got[n]).all(); continue
-            torch.testing.assert_close(got[n].cpu(), r, rtol=1e-7, atol=1e-12 * float(r.abs().max()) + 1e-300)
+            # the fp32 buffers round each micro-batch's sum: entries that cancel across batches keep only absolute accuracy
+            torch.testing.assert_close(got[n].cpu(), r, rtol=1e-6, atol=1e-6 * float(r.abs().max()) + 1e-300)
     m.cpu()
 
 
@@ -160,3 +161,16 @@ def test_runner_end_to_end(tmp_path):
     text = json.dumps(man)
     assert torch.device(DEV).type in text
     if DEV == "cuda": assert "peak_cuda_allocated_bytes" in text
+
+
+def test_load_model_on_device(tmp_path):
+    "One device: the weights load straight onto it, with no accelerate hooks and no device map recorded."
+    from esa_nb.models import load_model, save_tiny
+    d = save_tiny(tmp_path / "tiny", "llama")
+    m, _ = load_model(str(d), device=DEV)
+    ref, _ = load_model(str(d), device="cpu")
+    assert {p.device.type for p in m.parameters()} == {torch.device(DEV).type}
+    assert getattr(m, "hf_device_map", None) is None and m.esa_info["device_map"] is None
+    assert not any(hasattr(mod, "_hf_hook") for mod in m.modules())
+    ids = torch.randint(0, 257, (2, 9))
+    with torch.no_grad(): torch.testing.assert_close(m(ids.to(DEV)).logits.cpu(), ref(ids).logits, rtol=1e-4, atol=1e-4)
