@@ -167,8 +167,8 @@ def test_load_model_on_device(tmp_path):
     "One device: the weights load straight onto it, with no accelerate hooks and no device map recorded."
     from esa_nb.models import load_model, save_tiny
     d = save_tiny(tmp_path / "tiny", "llama")
-    m, _ = load_model(str(d), device=DEV)
-    ref, _ = load_model(str(d), device="cpu")
+    m, _ = load_model(str(d), device=DEV, dtype="fp32")  # auto would pick bf16 on CUDA
+    ref, _ = load_model(str(d), device="cpu", dtype="fp32")
     assert {p.device.type for p in m.parameters()} == {torch.device(DEV).type}
     assert getattr(m, "hf_device_map", None) is None and m.esa_info["device_map"] is None
     assert not any(hasattr(mod, "_hf_hook") for mod in m.modules())
