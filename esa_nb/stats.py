@@ -537,6 +537,14 @@ def jaccard(a:set, # first set
     u = len(a | b)
     return len(a & b) / u if u else 1.0
 
+def _avg_ranks(x:np.ndarray # 1-D values
+               )->np.ndarray:
+    "1-based ranks, each run of equal values given its average rank (`scipy.stats.rankdata`'s default)."
+    o = np.argsort(x, kind="stable"); xs = x[o]
+    start = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]]); end = np.r_[start[1:], len(x)]  # runs of equal values
+    r = np.empty(len(x)); r[o] = np.repeat((start + end + 1) / 2, end - start)
+    return r
+
 def spearman(x, # scores of one seed on a list of entries (1-D)
              y, # scores of another seed on the same entries, in the same order
             )->float:
@@ -545,8 +553,7 @@ def spearman(x, # scores of one seed on a list of entries (1-D)
     if len(x) != len(y): raise EsaError(f"spearman needs two score lists over the same entries; got lengths {len(x)} and {len(y)}.")
     if not (np.isfinite(x).all() and np.isfinite(y).all()): raise EsaError("spearman got NaN or infinite scores; rank only finite scores.")
     if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0: return math.nan  # ranks of a constant side are undefined
-    import scipy.stats  # imported when used: it costs most of a second at start-up
-    return float(scipy.stats.spearmanr(x, y).statistic)
+    return float(np.corrcoef(_avg_ranks(x), _avg_ranks(y))[0, 1])  # Pearson's r of the ranks
 
 def stability_summary(topk_sets:dict, # seed -> set of selected keys (e.g. TopK.key_set())
                       scores_on_union:dict|None=None, # seed -> 1-D scores at the same union entries, same order
@@ -619,8 +626,8 @@ def seed_interval(delta_per_seed, # ΔNLL of each seed (S ≥ 2 finite values), 
     a = x.var(ddof=1) / S; b = float(se_blocks) ** 2 if np.isfinite(se_blocks) else 0.0
     den = a * a / (S - 1) + (b * b / (n_blocks - 1) if n_blocks > 1 else 0.0)
     df = (a + b) ** 2 / den if den > 0 else float(S - 1)
-    import scipy.stats  # imported when used: it costs most of a second at start-up
-    q = float(scipy.stats.t.ppf((1 + ci) / 2, df)); se = math.sqrt(a + b); m = float(x.mean())
+    from scipy.special import stdtrit  # the t quantile (what scipy.stats.t.ppf calls), without scipy.stats' import time
+    q = float(stdtrit(df, (1 + ci) / 2)); se = math.sqrt(a + b); m = float(x.mean())
     return {"ci": [m - q * se, m + q * se], "mean": m, "se": se, "se_seeds": math.sqrt(a), "se_blocks": math.sqrt(b), "df": df, "t": q}
 
 # %% ../nbs/08_stats.ipynb #783a5795
