@@ -75,28 +75,32 @@ def last_hidden(model:nn.Module, # a causal LM accepted by `output_head`
     return base(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
 
 class _FusedHeadLoss(torch.autograd.Function):
-    "Chunked head loss whose gradient w.r.t. the hidden states is taken in the forward pass, one chunk at a time."
+    "Chunked head losses whose gradients w.r.t. the hidden states are taken in the forward pass, one chunk at a time."
     @staticmethod
-    def forward(ctx, hf:torch.Tensor, tf:torch.Tensor, head:nn.Module, chunk:int):
-        nlls, cors, grads = [], [], []
+    def forward(ctx, hf:torch.Tensor, head:nn.Module, chunk:int, loss_fn):
+        # loss_fn(head, h, rows) -> (losses [c] or [c, S], a non-differentiable tensor [c, ...]) for the positions `rows`
+        losses, extras, grads = [], [], []
         for s in range(0, len(hf), chunk):
             with torch.enable_grad():  # a chunk's graph lives only inside this loop step
                 h = hf[s:s + chunk].detach().requires_grad_(True)
-                n, c = _ce_chunk(head, h, tf[s:s + chunk])
-                g, = torch.autograd.grad(n.sum(), h)  # row i: ∂nll_i/∂h_i (each position's loss sees only its own h)
-            nlls.append(n.detach()); cors.append(c); grads.append(g)
-        cor = torch.cat(cors)
-        ctx.save_for_backward(torch.cat(grads))
-        ctx.mark_non_differentiable(cor)
-        return torch.cat(nlls), cor
+                l, e = loss_fn(head, h, slice(s, s + chunk))
+                L = l.view(len(h), -1)  # row i of column j depends on h_i alone, so ∂(Σ_i L_ij)/∂h_i = ∂L_ij/∂h_i
+                grads.append(torch.stack([torch.autograd.grad(L[:, j].sum(), h, retain_graph=j < L.shape[1] - 1)[0]
+                                          for j in range(L.shape[1])]))  # [S, c, H]
+            losses.append(l.detach()); extras.append(e)
+        extra = torch.cat(extras)
+        ctx.save_for_backward(torch.cat(grads, 1))
+        ctx.mark_non_differentiable(extra)
+        return torch.cat(losses), extra
 
     @staticmethod
-    def backward(ctx, g_nll, g_cor):
+    def backward(ctx, g_loss, g_extra):
         if torch.is_grad_enabled():  # create_graph=True: the head's curvature would be silently missing
             raise RuntimeError("sequence_nll's fused chunked loss is differentiable once; pass create_graph=True to "
                                "sequence_nll when the gradient itself will be differentiated (Hessian-vector products)")
-        gh, = ctx.saved_tensors
-        return (gh.to(g_nll.dtype) * g_nll[:, None]).to(gh.dtype), None, None, None
+        G, = ctx.saved_tensors  # [S, N, H]
+        g = g_loss.reshape(G.shape[1], G.shape[0]).to(G.dtype if G.dtype == torch.float64 else torch.float32)
+        return torch.einsum("snh,ns->nh", G.to(g.dtype), g).to(G.dtype), None, None, None
 
 def _fusable(hf:torch.Tensor, # [N, H] hidden states
              head:nn.Module, # the output head
@@ -130,7 +134,7 @@ def sequence_nll(model, # a causal LM
     tg = labels[:, 1:]
     B, T1 = tg.shape
     hf, tf, c = h.reshape(B * T1, h.shape[-1]), tg.reshape(-1), int(loss_chunk)
-    if _fusable(hf, head, create_graph): nll, cor = _FusedHeadLoss.apply(hf, tf, head, c)
+    if _fusable(hf, head, create_graph): nll, cor = _FusedHeadLoss.apply(hf, head, c, lambda hd, x, rows: _ce_chunk(hd, x, tf[rows]))
     else:
         ckpt = torch.is_grad_enabled() and (hf.requires_grad or any(p.requires_grad for p in head.parameters()))
         out = [checkpoint(_ce_chunk, head, hf[s:s + c], tf[s:s + c], use_reentrant=False) if ckpt

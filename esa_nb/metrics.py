@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 from .core import EsaError, get_logger
 from .distributed import DistEnv, all_reduce_, all_reduce_int, shard_indices
-from .evaluate import input_device, sequence_nll, output_head, last_hidden
+from .evaluate import input_device, sequence_nll, output_head, last_hidden, _FusedHeadLoss, _fusable
 from .weights import WeightRef, _conv1d_type, check_recomputable, expert_hidden, experts_modules, routed_tokens, routing
 
 # %% auto #0
@@ -503,16 +503,28 @@ def _sampled_nll_full(model:nn.Module, # the causal LM
     with torch.no_grad(): y = _sample(logp.detach(), u.permute(0, 2, 1))  # [B, T-1, S]
     return -logp.gather(-1, y)
 
+def _sampled_chunk(head:nn.Module, # the output head
+                   h:torch.Tensor, # [c, H] hidden states of c positions
+                   u:torch.Tensor, # [c, S] uniforms of their label sampling
+                  )->tuple[torch.Tensor, torch.Tensor]:
+    "([c, S] -log p(ŷ), [c, S] labels ŷ) of one chunk, the labels drawn from its own logits without a graph."
+    lg = head(h)
+    logp = torch.log_softmax(lg, dim=-1, dtype=torch.promote_types(lg.dtype, torch.float32))
+    with torch.no_grad(): y = _sample(logp.detach(), u)
+    return -logp.gather(-1, y), y
+
 def _sampled_nll_chunked(model:nn.Module, # the causal LM
                          head:nn.Module, # its output head
                          ids:torch.Tensor, # [B, T] token ids on the input device
                          u:torch.Tensor, # [B, S, T-1] uniforms of the label sampling
                          loss_chunk:int, # positions per output-head chunk
                         )->torch.Tensor:
-    "[B*(T-1), S] -log p(ŷ): sampled per chunk without a graph, then recomputed per chunk under checkpoint in each backward."
+    "[B*(T-1), S] -log p(ŷ) chunk by chunk: fused (one head pass per chunk), else sampled without a graph and checkpointed."
     h = last_hidden(model, ids)
     S = u.shape[1]
     hf, uf = h.reshape(-1, h.shape[-1]), u.permute(0, 2, 1).reshape(-1, S)
+    if _fusable(hf, head, False):
+        return _FusedHeadLoss.apply(hf, head, loss_chunk, lambda hd, x, rows: _sampled_chunk(hd, x, uf[rows]))[0]
     sel = []
     for a in range(0, len(hf), loss_chunk):
         with torch.no_grad():
