@@ -190,33 +190,37 @@ def _keys32(c:torch.Tensor # flat fp32 values
     k = (b >> 31).bitwise_and_(0x7FFFFFFF).bitwise_xor_(b)  # signed int32 order = numeric order; the unsigned key is k + 2³¹
     return c, k, (k >> 16).add_(0x8000)
 
+_I32 = torch.iinfo(torch.int32)
+def _full_i32(v:int, device=None)->torch.Tensor: return torch.full((_B,), v, dtype=torch.int32, device=device)
+
 class _RadixSelect:
     "Two-pass exact selection of order statistics over a stream of fp32 tensors; optional per-bin sums and extremes (Gini)."
     def __init__(self, gini:bool=False # also keep each bin's Σ value, min and max (non-negative values only)
                 ):
         self.cnt = torch.zeros(_B, dtype=torch.int64); self.n = 0
         self.lo, self.slot, self.sum_bins, self.sums = None, {}, [], {}
-        f = lambda v: torch.full((_B,), v, dtype=torch.float64)
-        self.bsum, self.bmin, self.bmax = (f(0.0), f(math.inf), f(-math.inf)) if gini else (None, None, None)
+        # a bin's extremes as int32 keys (key order is value order): integer atomics on a GPU, not float64 CAS loops
+        self.bsum, self.kmin, self.kmax = ((torch.zeros(_B, dtype=torch.float64), _full_i32(_I32.max), _full_i32(_I32.min))
+                                           if gini else (None, None, None))
 
     def add(self, x:torch.Tensor # flat fp32 values, in any order (−0.0 is counted as +0.0)
            )->None:
         "Pass 1: add a tensor's values to the 16-bit histogram (and to the per-bin sums and extremes), streamed in chunks."
         for a in range(0, x.numel(), _CHUNK):
-            c, _, hb = _keys32(x[a:a + _CHUNK])
+            c, k, hb = _keys32(x[a:a + _CHUNK])
             self.cnt += _bincount(hb, _B); self.n += c.numel()
             if self.bsum is None: continue
-            cd, hl = c.double(), hb.long(); f = lambda v: torch.full((_B,), v, dtype=torch.float64, device=c.device)
-            self.bsum += _bincount(hb, _B, cd)
-            self.bmin = torch.minimum(self.bmin, f(math.inf).scatter_reduce_(0, hl, cd, "amin").cpu())
-            self.bmax = torch.maximum(self.bmax, f(-math.inf).scatter_reduce_(0, hl, cd, "amax").cpu())
+            hl = hb.long()
+            self.bsum += _bincount(hb, _B, c.double())
+            self.kmin = torch.minimum(self.kmin, _full_i32(_I32.max, c.device).scatter_reduce_(0, hl, k, "amin").cpu())
+            self.kmax = torch.maximum(self.kmax, _full_i32(_I32.min, c.device).scatter_reduce_(0, hl, k, "amax").cpu())
 
     def merge(self, o:_RadixSelect # pass-1 counts of other values (e.g. one tensor's)
              )->None:
         "Add another selector's pass-1 histogram (and its bin sums and extremes, where both keep them)."
         self.cnt += o.cnt; self.n += o.n
         if self.bsum is not None:
-            self.bsum += o.bsum; self.bmin = torch.minimum(self.bmin, o.bmin); self.bmax = torch.maximum(self.bmax, o.bmax)
+            self.bsum += o.bsum; self.kmin = torch.minimum(self.kmin, o.kmin); self.kmax = torch.maximum(self.kmax, o.kmax)
 
     def _bin(self, r:int)->tuple[int, int]:
         cum = self.cnt.cumsum(0)
@@ -271,7 +275,8 @@ class _RadixSelect:
         n, T = self.n, float(self.bsum.sum())
         if n == 0 or not T > 0: return math.nan, 0.0
         nz = torch.nonzero(self.cnt).flatten()
-        c, s, lo, hi = self.cnt[nz].double(), self.bsum[nz], self.bmin[nz], self.bmax[nz]
+        c, s = self.cnt[nz].double(), self.bsum[nz]
+        lo, hi = (_key_values(kk[nz].long() + _SIGN).double() for kk in (self.kmin, self.kmax))
         w = hi - lo  # a bin's values are sorted among themselves only up to this spread
         u = torch.where(w > 0, (s - c * lo).clamp_min(0) * (c * hi - s).clamp_min(0) / torch.where(w > 0, 2 * w, 1.0), 0.0)
         ia = float(((c.cumsum(0) - c) * s + (c + 1) / 2 * s + u / 2).sum())  # Σ i·a_(i), each bin's own part at mid-range
