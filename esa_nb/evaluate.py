@@ -20,10 +20,10 @@ from tqdm.auto import tqdm
 from .distributed import DistEnv, all_gather_blocks, shard_indices
 
 # %% auto #0
-__all__ = ['CHUNKABLE', 'AUTO_CHUNK_VOCAB', 'AUTO_CHUNK', 'IMPLAUSIBLE_PPL', 'IMPLAUSIBLE_ACC', 'NGRAM', 'OVERLAP_WARN',
-           'REPEAT_WARN', 'COMPRESSION_WARN', 'input_device', 'output_head', 'auto_loss_chunk', 'last_hidden',
-           'sequence_nll', 'evaluate', 'summarize', 'check_plausibility', 'window_hashes', 'compression_ratio',
-           'text_overlap', 'text_warnings']
+__all__ = ['CHUNKABLE', 'AUTO_CHUNK_VOCAB', 'AUTO_CHUNK', 'VOCAB_TILE', 'IMPLAUSIBLE_PPL', 'IMPLAUSIBLE_ACC', 'NGRAM',
+           'OVERLAP_WARN', 'REPEAT_WARN', 'COMPRESSION_WARN', 'input_device', 'output_head', 'auto_loss_chunk',
+           'last_hidden', 'sequence_nll', 'evaluate', 'summarize', 'check_plausibility', 'window_hashes',
+           'compression_ratio', 'text_overlap', 'text_warnings']
 
 # %% ../nbs/03_evaluate.ipynb #766d2fe7
 def input_device(model)->torch.device:
@@ -66,6 +66,35 @@ def _ce_chunk(head:nn.Module, # the output head
     nll = F.cross_entropy(lg, t, reduction="none", ignore_index=-100)
     with torch.no_grad(): cor = lg.argmax(-1) == t
     return nll, cor
+
+VOCAB_TILE = 1024 # head rows per vocabulary tile when the loss is evaluated without gradients
+
+def _plain_linear(head:nn.Module # the output head
+                 )->bool:
+    "True when `head` computes `F.linear(h, weight, bias)` and nothing else, so that it can run one vocabulary tile at a time."
+    glob = [getattr(torch.nn.modules.module, a, None) for a in ("_global_forward_hooks", "_global_forward_pre_hooks")]
+    return (type(head) is nn.Linear and head.weight.is_floating_point() and not hasattr(head, "_hf_hook")
+            and not (head._forward_hooks or head._forward_pre_hooks or any(glob)))
+
+def _ce_tiled(head:nn.Linear, # a plain output head (see `_plain_linear`)
+              h:torch.Tensor, # [c, H] hidden states of c positions
+              t:torch.Tensor, # [c] targets (-100 = ignore)
+              tile:int=VOCAB_TILE, # head rows per tile
+             )->tuple[torch.Tensor, torch.Tensor]:
+    "`_ce_chunk` without gradients, one vocabulary tile of the head at a time: a running log-sum-exp, argmax and target logit."
+    W, b = head.weight, head.bias
+    dt = torch.float64 if W.dtype == torch.float64 else torch.float32  # at least fp32, as in `_ce_chunk`
+    full = lambda v: torch.full((len(h),), v, dtype=dt, device=h.device)
+    lse, best, tl, arg = full(-math.inf), full(-math.inf), full(0.0), torch.zeros(len(h), dtype=torch.long, device=h.device)
+    t = t.to(h.device); tc = t.clamp_min(0)
+    for v0 in range(0, W.shape[0], tile):
+        lg = F.linear(h, W[v0:v0 + tile], None if b is None else b[v0:v0 + tile]).to(dt)
+        m, a = lg.max(-1)  # the first maximum of the tile (a NaN counts as the maximum, as in argmax)
+        up = (m > best) | (m.isnan() & ~best.isnan())  # strictly greater: an earlier tile keeps a tie
+        arg, best = torch.where(up, a + v0, arg), torch.where(up, m, best)
+        lse = torch.logaddexp(lse, torch.logsumexp(lg, -1))
+        tl = torch.where((tc >= v0) & (tc < v0 + lg.shape[1]), lg.gather(1, (tc - v0).clamp(0, lg.shape[1] - 1)[:, None])[:, 0], tl)
+    return torch.where(t != -100, lse - tl, 0.0).to(dt), arg == t
 
 def last_hidden(model:nn.Module, # a causal LM accepted by `output_head`
                 input_ids:torch.Tensor, # [B, T] token ids on `input_device(model)`
@@ -137,8 +166,10 @@ def sequence_nll(model, # a causal LM
     if _fusable(hf, head, create_graph): nll, cor = _FusedHeadLoss.apply(hf, head, c, lambda hd, x, rows: _ce_chunk(hd, x, tf[rows]))
     else:
         ckpt = torch.is_grad_enabled() and (hf.requires_grad or any(p.requires_grad for p in head.parameters()))
+        tiled = not ckpt and _plain_linear(head)  # no gradient: the head tile by tile, as many rows as one chunk's logits hold
+        if tiled: c = max(c, c * head.out_features // VOCAB_TILE)
         out = [checkpoint(_ce_chunk, head, hf[s:s + c], tf[s:s + c], use_reentrant=False) if ckpt
-               else _ce_chunk(head, hf[s:s + c], tf[s:s + c]) for s in range(0, B * T1, c)]
+               else (_ce_tiled if tiled else _ce_chunk)(head, hf[s:s + c], tf[s:s + c]) for s in range(0, B * T1, c)]
         nll, cor = torch.cat([n for n, _ in out]), torch.cat([k for _, k in out])
     return nll.view(B, T1).sum(1), (tg != -100).sum(1), cor.view(B, T1).sum(1)
 
