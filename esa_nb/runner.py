@@ -5,6 +5,9 @@
 # %% ../nbs/16_runner.ipynb #cbc9433b
 from __future__ import annotations
 
+import gc
+import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -16,7 +19,7 @@ from .stats import fmt_num
 from .study import Study
 
 # %% auto #0
-__all__ = ['dist_setup', 'run_esa', 'print_summary', 'main']
+__all__ = ['dist_setup', 'run_esa', 'print_summary', 'main', 'cli']
 
 # %% ../nbs/16_runner.ipynb #006c8750
 def dist_setup(cfg:EsaConfig # validated options (cfg.device may be rewritten to this rank's GPU)
@@ -63,7 +66,9 @@ def run_esa(cfg:EsaConfig, # validated options (`EsaConfig.from_argv`)
             finally: s.release()
         raise
     barrier(env)
-    return s.summary() | ({"plots": s.man.extra["summary"].get("plots")} if cfg.save_plots and env.is_main else {})
+    summary = s.summary() | ({"plots": s.man.extra["summary"].get("plots")} if cfg.save_plots and env.is_main else {})
+    s.close()  # the temporary work directory goes now: `cli` leaves without running finalizers
+    return summary
 
 # %% ../nbs/16_runner.ipynb #3a9abc19
 def print_summary(s:dict # `run_esa` summary
@@ -101,3 +106,10 @@ def main(argv:list|None=None # command-line arguments (default sys.argv[1:])
               f"reused), run:\n  esa-runner {shlex.join(again)}", file=sys.stderr)
         raise SystemExit(130)
     finally: shutdown()
+
+def cli()->None:
+    "The console command `esa-runner`: `main`, then leave with `os._exit` once every output is written and flushed."
+    gc.freeze()  # the imports' objects (modules, classes) are never garbage: each collection between phases skips them
+    rc = main()  # errors and Ctrl-C raise SystemExit here, and leave through the interpreter's usual exit
+    logging.shutdown(); sys.stdout.flush(); sys.stderr.flush()
+    os._exit(rc)

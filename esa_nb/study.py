@@ -83,7 +83,7 @@ class Study:
         self.rank0, self.log = self.env.is_main, get_logger(self.cfg.verbose)
         # scores of a study that has no run directory live in a scratch directory, removed with the study
         self.work, self.run_dir, self.saved_dir, self._store = Path(tempfile.mkdtemp(prefix="esa-study-")), None, None, {}
-        weakref.finalize(self, shutil.rmtree, self.work, ignore_errors=True)
+        self._rm_work = weakref.finalize(self, shutil.rmtree, self.work, ignore_errors=True)
         self._base = self._profile = self._perturbation = self._stability = self._attribution = None
         self.man = RunManifest(self.work, self.cfg.to_dict(), argv=argv, tool="esa-runner" if argv else "esa_nb.study")
         self.man.device = resolve_device(self.cfg.device)
@@ -741,6 +741,11 @@ def inputs(self:Study)->list:
 def release(self:Study):
     "Release the lock on the run directory (at the end of a run, or when claiming another)."
     if getattr(self, "_lock", None) is not None: self._lock.release(); self._lock = None
+
+@patch
+def close(self:Study):
+    "Release the run directory and delete the study's temporary work directory now, rather than when the Study is collected."
+    self.release(); self._rm_work()
 
 _NOT_COMPARED = ("resume", "overwrite", "verbose", "no_progress", "out_dir")  # options that may differ on --resume
 

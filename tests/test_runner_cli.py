@@ -225,3 +225,17 @@ def test_resume_an_interrupted_run(tiny_dirs, tmp_path, capsys):
     assert_clean_error(call_main(main, _args(tiny_dirs["llama"], out, "--seeds", "5,6", "--perturb", "zero", "--resume"), capsys),
                        "is complete")
     assert_clean_error(call_main(main, _args(tiny_dirs["llama"], tmp_path / "none", "--resume"), capsys), "no interrupted esa run")
+
+
+def test_console_command_leaves_nothing_behind(tiny_dirs, tmp_path, monkeypatch):
+    "esa-runner leaves with os._exit after a run: the summary is flushed, outputs complete, the work directory deleted."
+    work = tmp_path / "tmp"; work.mkdir(); monkeypatch.setenv("TMPDIR", str(work))
+    out = tmp_path / "run"
+    p = run_cli("esa-runner", "--model", tiny_dirs["llama"], "--device", "cpu", "--seq-len", "32", "--max-samples", "4",
+                "--eval-samples", "4", "--topk", "5", "--metric", "grad_x_weight", "--perturb", "zero", "--seeds", "0",
+                "--no-progress", "--out-dir", out, check=0)
+    assert p.stdout.rstrip().endswith(f"results in {out}"), p.stdout
+    man = json.loads((out / "experiment_manifest.json").read_text())
+    assert man["status"] == "complete" and (out / "perturbation_results.json").is_file()
+    assert not list(work.iterdir()), list(work.iterdir())  # no esa-study-* work directory, no temporary file
+    assert not [f for f in out.rglob("*") if f.name.endswith(".tmp") or f.name.endswith(".lock")]
