@@ -34,7 +34,7 @@ __all__ = ['EXIT_USAGE', 'ESA_MARKERS', 'LOCK_NAME', 'TEMP_RE', 'DTYPES', 'SEED_
            'atomic_path', 'check_path_length', 'prepare_out_dir', 'RunLock', 'clean_stale_temps', 'claim_out_dir',
            'sha256_file', 'sha256_tensor', 'sha256_json', 'resolve_device', 'resolve_dtype', 'seed_everything',
            'hub_offline', 'offline_mode', 'get_logger', 'peak_memory', 'free_memory', 'package_versions', 'device_name',
-           'RunManifest', 'parse_int_list']
+           'RunManifest', 'parse_int_list', 'LazyModule']
 
 # %% ../nbs/00_core.ipynb #83c04efe
 class EsaError(Exception):
@@ -588,3 +588,13 @@ def parse_int_list(s:str|int|Iterable, # '1337,123,999', an int, or a list
     if unique and len(set(out)) != len(out):
         raise EsaError(f"{flag} has duplicates ({s!r}); each value must be distinct.")
     return out
+
+# %% ../nbs/00_core.ipynb #09558880
+class LazyModule:
+    "A module imported on the first attribute access, e.g. `pd = LazyModule('pandas')`."
+    def __init__(self, name:str # the module's import name
+                ): self._name = name
+    def __getattr__(self, attr:str):
+        import importlib
+        return getattr(importlib.import_module(self._name), attr)
+    def __repr__(self): return f"LazyModule({self._name!r})"

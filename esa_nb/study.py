@@ -15,13 +15,12 @@ import weakref
 from contextlib import nullcontext
 from pathlib import Path
 
-import pandas as pd
 import torch
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .core import (EsaError, RunManifest, claim_out_dir, free_memory, get_logger, resolve_device, seed_everything, sha256_json,
-                         write_json)
+from .core import (EsaError, LazyModule, RunManifest, claim_out_dir, free_memory, get_logger, resolve_device, seed_everything,
+                         sha256_json, write_json)
 from .config import EsaConfig, DAMAGED_MARKER
 from .baseline import run_baseline
 from .data import load_text
@@ -39,8 +38,12 @@ from .store import score_key, save_scores, load_scores, find_scores, copy_scores
 from . import rundir as RD
 from .causal import SetEffects, core_search, ChannelHold, frequent_tokens, token_probs, read_weights_file
 
+pd = LazyModule("pandas")  # data frames only for the notebook views: a run never imports pandas
+
+
 # %% auto #0
-__all__ = ['Result', 'Baseline', 'Study', 'Profile', 'ScoreWriter', 'Stability', 'run_condition', 'Perturbation', 'Attribution']
+__all__ = ['pd', 'Result', 'Baseline', 'Study', 'Profile', 'ScoreWriter', 'Stability', 'run_condition', 'Perturbation',
+           'Attribution']
 
 # %% ../nbs/15_study.ipynb #afe9787a
 class Result:
