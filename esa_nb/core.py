@@ -589,7 +589,7 @@ def parse_int_list(s:str|int|Iterable, # '1337,123,999', an int, or a list
         raise EsaError(f"{flag} has duplicates ({s!r}); each value must be distinct.")
     return out
 
-# %% ../nbs/00_core.ipynb #09558880
+# %% ../nbs/00_core.ipynb #2b899061
 class LazyModule:
     "A module imported on the first attribute access, e.g. `pd = LazyModule('pandas')`."
     def __init__(self, name:str # the module's import name

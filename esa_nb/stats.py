@@ -197,7 +197,7 @@ class _RadixSelect:
     "Two-pass exact selection of order statistics over a stream of fp32 tensors; optional per-bin sums and extremes (Gini)."
     def __init__(self, gini:bool=False # also keep each bin's Σ value, min and max (non-negative values only)
                 ):
-        self.cnt = torch.zeros(_B, dtype=torch.int64); self.n = 0
+        self.cnt = torch.zeros(_B, dtype=torch.int64); self.n = 0; self._cum = self._lo_cum = None  # cumulative counts, cached
         self.lo, self.slot, self.sum_bins, self.sums = None, {}, [], {}
         # a bin's extremes as int32 keys (key order is value order): integer atomics on a GPU, not float64 CAS loops
         self.bsum, self.kmin, self.kmax = ((torch.zeros(_B, dtype=torch.float64), _full_i32(_I32.max), _full_i32(_I32.min))
@@ -208,7 +208,7 @@ class _RadixSelect:
         "Pass 1: add a tensor's values to the 16-bit histogram (and to the per-bin sums and extremes), streamed in chunks."
         for a in range(0, x.numel(), _CHUNK):
             c, k, hb = _keys32(x[a:a + _CHUNK])
-            self.cnt += _bincount(hb, _B); self.n += c.numel()
+            self.cnt += _bincount(hb, _B); self.n += c.numel(); self._cum = None
             if self.bsum is None: continue
             hl = hb.long()
             self.bsum += _bincount(hb, _B, c.double())
@@ -218,12 +218,13 @@ class _RadixSelect:
     def merge(self, o:_RadixSelect # pass-1 counts of other values (e.g. one tensor's)
              )->None:
         "Add another selector's pass-1 histogram (and its bin sums and extremes, where both keep them)."
-        self.cnt += o.cnt; self.n += o.n
+        self.cnt += o.cnt; self.n += o.n; self._cum = None
         if self.bsum is not None:
             self.bsum += o.bsum; self.kmin = torch.minimum(self.kmin, o.kmin); self.kmax = torch.maximum(self.kmax, o.kmax)
 
     def _bin(self, r:int)->tuple[int, int]:
-        cum = self.cnt.cumsum(0)
+        if self._cum is None: self._cum = self.cnt.cumsum(0)
+        cum = self._cum
         b = int(torch.searchsorted(cum, torch.tensor([r]), right=True)[0])
         return b, (int(cum[b - 1]) if b else 0)
 
@@ -234,7 +235,7 @@ class _RadixSelect:
         bins = sorted({self._bin(r)[0] for r in [*ranks, *sum_ranks]})
         self.slot = {b: i for i, b in enumerate(bins)}
         self.table = torch.full((_B,), -1, dtype=torch.int64); self.table[bins] = torch.arange(len(bins))  # bin -> slot or -1
-        self.lo = torch.zeros(len(bins) * _B, dtype=torch.int64)
+        self.lo = torch.zeros(len(bins) * _B, dtype=torch.int64); self._lo_cum = None
         self.sum_bins = sorted({self._bin(r)[0] for r in sum_ranks}); self.sums = {b: [0.0, 0.0] for b in self.sum_bins}
 
     def refine(self, x:torch.Tensor # flat fp32 values, in any order (no sort needed; −0.0 is counted as +0.0)
@@ -244,7 +245,7 @@ class _RadixSelect:
         for a in range(0, x.numel(), _CHUNK):  # one gather and one bincount per chunk, whatever the number of bins
             c, k, hb = _keys32(x[a:a + _CHUNK])
             sl = table.index_select(0, hb); m = sl >= 0
-            if self.slot: self.lo += _bincount(sl[m] * _B + (k[m] & (_B - 1)), len(self.lo))
+            if self.slot: self.lo += _bincount(sl[m] * _B + (k[m] & (_B - 1)), len(self.lo)); self._lo_cum = None
             if not self.sum_bins: continue
             top = hb > self.sum_bins[0]; v, hv = c[top].double(), hb[top]  # entries above the lowest sum bin (all > 0)
             for b in self.sum_bins:
@@ -254,15 +255,16 @@ class _RadixSelect:
     def key_at(self, r:int)->int:
         "The key of the r-th smallest value (0-based)."
         b, before = self._bin(r)
-        lo = self.lo[self.slot[b] * _B:(self.slot[b] + 1) * _B]
-        return (b << 16) | int(torch.searchsorted(lo.cumsum(0), torch.tensor([r - before]), right=True)[0])
+        if self._lo_cum is None: self._lo_cum = self.lo.view(-1, _B).cumsum(1)  # one row per refined bin
+        return (b << 16) | int(torch.searchsorted(self._lo_cum[self.slot[b]], torch.tensor([r - before]), right=True)[0])
 
     def value_at(self, r:int)->float: return float(_key_values(torch.tensor([self.key_at(r)])))
 
     def above(self, r:int)->tuple[int, float, float]:
         "(count, Σ value, Σ ln value) of the entries strictly above the r-th smallest value (r planned in `sum_ranks`)."
         key = self.key_at(r); b, l = key >> 16, key & (_B - 1)
-        c, (s, lg) = int(self.cnt[b + 1:].sum()), self.sums[b]
+        self._bin(0)  # the cumulative counts
+        c, (s, lg) = self.n - int(self._cum[b]), self.sums[b]
         cnt = self.lo[self.slot[b] * _B + l + 1:(self.slot[b] + 1) * _B]
         nz = torch.nonzero(cnt).flatten()
         if nz.numel():
