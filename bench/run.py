@@ -178,6 +178,25 @@ def _bare_fwd_bwd(model, refs, B, bs):
         for p in ps: p.requires_grad_(False); p.grad = None
 
 
+def _bare_hvp(model, refs, B, bs):
+    "A textbook Hessian-vector product per micro-batch (eager attention, full logits): g with graph, then grad(g, z)."
+    import torch
+    from esa_nb.evaluate import sequence_nll
+    from esa_nb.metrics import _eager_attention
+    ps = [r.param for r in refs]
+    for p in ps: p.requires_grad_(True)
+    try:
+        with _eager_attention(model, []):
+            for i in range(0, len(B), bs):
+                s, _, _ = sequence_nll(model, B[i:i + bs])
+                g = torch.autograd.grad(s.sum(), ps, create_graph=True)
+                z = [torch.ones_like(p) for p in ps]
+                hz = torch.autograd.grad(g, ps, z)
+                del s, g, z, hz
+    finally:
+        for p in ps: p.requires_grad_(False)
+
+
 def w_metric(a):
     "One metric's wall time against a bare forward+backward on the same tokens, and its memory."
     import torch
@@ -202,6 +221,11 @@ def w_metric(a):
     # memory: the first full-size run of each, after malloc_trim (Peak), so freed memory does not hide the peak
     with Peak(dev) as pk_bare: tb, _ = _timed(lambda: bare(B), dev)
     with Peak(dev) as pk: tm, _ = _timed(lambda: run(B), dev)
+    hvp = None
+    if a["metric"] == "hutchinson_diag":  # the activations of a second-order pass: a bare Hessian-vector product's
+        _bare_hvp(model, refs, B0, a["bs"])
+        with Peak(dev) as pk_hvp: _bare_hvp(model, refs, B, a["bs"])
+        hvp = pk_hvp.extra
     # time: interleaved pairs (bare, metric), so that other load on the machine hits both alike; medians
     pairs = [(tb, tm)] + [(_timed(lambda: bare(B), dev)[0], _timed(lambda: run(B), dev)[0]) for _ in range(a["repeat"] - 1)]
     med = lambda v: sorted(v)[len(v) // 2]
@@ -211,7 +235,7 @@ def w_metric(a):
            "fixed_s": m0 - b0, "marginal_ratio": marginal,
            "tokens": int(B.numel()), "weight_bytes": _weight_bytes(model), "selected_weights": sum(r.numel for r in refs),
            "ru_maxrss": _ru_maxrss(), "rss_loaded": rss_loaded, "metric_extra_bytes": pk.extra,
-           "bare_extra_bytes": pk_bare.extra, "score_bytes": 4 * sum(r.numel for r in refs),
+           "bare_extra_bytes": pk_bare.extra, "bare_hvp_extra_bytes": hvp, "score_bytes": 4 * sum(r.numel for r in refs),
            "grad_bytes": sum(r.numel * r.param.element_size() for r in refs), "fp32_weight_bytes": 4 * sum(p.numel() for p in model.parameters()),
            "logits_bytes": a["bs"] * B.shape[1] * model.get_output_embeddings().weight.shape[0] * 4, "samples": a["K"] if a["metric"] == "hutchinson_diag" else a["S"] if a["metric"] == "hessian_diag" else None,
            "device": str(dev), "loss_chunk": lc})
@@ -419,6 +443,8 @@ def _memory_breakdown(cfg, res):
         if not METRIC_SPECS[m].needs_grad: continue
         W, S, G, L = r["weight_bytes"], r["score_bytes"], r["grad_bytes"], r["logits_bytes"]
         A = max(0, r["bare_extra_bytes"] - G)  # a bare forward+backward's peak beyond its gradients: one batch's activations
+        if r.get("bare_hvp_extra_bytes") is not None:  # second order: a bare HVP's peak beyond its g, z and Hz
+            A = max(0, r["bare_hvp_extra_bytes"] - 3 * G)
         used, bound = W + r["metric_extra_bytes"], 2.5 * r["fp32_weight_bytes"] + A
         rows.append([m, _gb(W), _gb(S), _gb(G), _gb(A), _gb(L), _gb(r["metric_extra_bytes"]), _gb(used), _gb(bound), f(used / bound)])
     table(f"Peak memory of the gradient metrics ({cfg.m_blocks} blocks x {cfg.m_seq} tokens per batch; target: weights + extra <= "
@@ -428,7 +454,9 @@ def _memory_breakdown(cfg, res):
     print(f"  the metrics run with the runner's default loss chunking (loss_chunk={next(iter(res.values())).get('loss_chunk')}); the bare "
           "forward+backward that measures one batch's activations keeps full logits.")
     print("  score buffers = 4 bytes per selected weight; gradients = the selected weights' .grad in their dtype; activations = the\n"
-          "  peak of a bare forward+backward of one batch beyond its gradients (measured); logits = batch x tokens x vocabulary x 4 bytes\n"
+          "  peak of a bare forward+backward of one batch beyond its gradients (measured); for hutchinson_diag, of a bare Hessian-vector\n"
+          "  product (eager attention, full logits: g = grad(L, create_graph=True), then grad(g, z)) beyond its g, z and Hz, because a\n"
+          "  second-order pass keeps the first backward's intermediates as well; logits = batch x tokens x vocabulary x 4 bytes\n"
           "  (computed, part of the activations); metric extra = the metric's measured peak beyond the loaded model.")
 
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import time
 import warnings
@@ -568,25 +569,62 @@ def _hessian_diag(model:nn.Module, # the causal LM (inside `_grad_scope`)
     return bufs
 
 # %% ../nbs/06_metrics.ipynb #8656f967
+def _probe_seed(seed:int, # the run's seed
+                k:int, # probe index
+                j:int, # parameter index
+               )->int:
+    "The generator seed of probe k's entries for parameter j."
+    return int.from_bytes(hashlib.blake2b(f"{seed}/{k}/{j}".encode(), digest_size=8).digest(), "little") >> 1
+
+def _rademacher_one(shape:torch.Size, dtype:torch.dtype, device:torch.device, # the parameter's
+                    seed:int, k:int, j:int, # the run's seed, the probe, the parameter's index
+                   )->torch.Tensor:
+    "Probe k's entries for parameter j: ±1 in its dtype and device, reproducible from (seed, k, j) on a given device type."
+    g = torch.Generator(device=device).manual_seed(_probe_seed(seed, k, j))
+    return torch.empty(shape, dtype=dtype, device=device).bernoulli_(0.5, generator=g).mul_(2).sub_(1)
+
 def _rademacher(params:list, # tensors to draw a probe for (shapes, dtypes, devices)
                 seed:int, # the run's seed
                 k:int, # probe index
                )->list[torch.Tensor]:
-    "Probe k: ±1 entries in each tensor's dtype and device, reproducible from (seed, k) on a given device type."
-    gens, out = {}, []
-    for p in params:
-        if p.device not in gens: gens[p.device] = torch.Generator(device=p.device).manual_seed((seed * 1_000_003 + k) % 2**63)
-        out.append(torch.empty(p.shape, dtype=p.dtype, device=p.device).bernoulli_(0.5, generator=gens[p.device]).mul_(2).sub_(1))
-    return out
+    "Probe k over all `params`; each parameter's entries are drawn on their own, so that any one can be regenerated alone."
+    return [_rademacher_one(p.shape, p.dtype, p.device, seed, k, j) for j, p in enumerate(params)]
 
-def _z_hz_hook(buf:torch.Tensor, # fp32 buffer
-               probe:dict, # holds the current probe tensor of this parameter under probe['z'][i]
-               i:int, # index of the parameter in the probe list
-              ):
-    "A post-accumulate-grad hook: `param.grad` holds (Hz)_i; add z_i ⊙ (Hz)_i into `buf`, then free it."
-    def hook(p):
-        buf.addcmul_(probe["z"][i], p.grad); p.grad = None
-    return hook
+class _ProbeDot(torch.autograd.Function):
+    "⟨g, z⟩ with the probe entries z drawn from (seed, k, j) in the forward and drawn again in the backward: z is never kept."
+    @staticmethod
+    def forward(ctx, g, seed, k, j):
+        ctx.meta = (g.shape, g.dtype, g.device, seed, k, j)
+        acc = torch.float64 if g.dtype == torch.float64 else torch.float32
+        return (g * _rademacher_one(*ctx.meta)).sum(dtype=acc)
+
+    @staticmethod
+    def backward(ctx, go):
+        z = _rademacher_one(*ctx.meta)
+        return z.mul_(go.to(z.dtype)), None, None, None
+
+class _HutchHooks:
+    "Post-accumulate-grad hooks: Σ_j ⟨g_j, z_kj⟩ for every probe k in the backward with graph; z_kj ⊙ (Hz_k)_j in the k-th."
+    def __init__(self, params:list, # the selected parameters
+                 bufs:list, # their fp32 buffers
+                 seed:int, # seeds the probes
+                 K:int, # number of probes
+                ):
+        self.bufs, self.seed, self.K, self.k, self.dots = bufs, seed, K, None, None
+        self.handles = [p.register_post_accumulate_grad_hook(self._hook(j)) for j, p in enumerate(params)]
+
+    def _hook(self, j:int):
+        def hook(p):
+            if self.k is None:  # p.grad = g_j, with its graph: one scalar per probe keeps the graph, g_j itself goes
+                for k in range(self.K): self.dots[k] = self.dots[k] + _ProbeDot.apply(p.grad, self.seed, k, j)
+            else: self.bufs[j].addcmul_(_rademacher_one(p.shape, p.dtype, p.device, self.seed, self.k, j), p.grad)
+            p.grad = None
+        return hook
+
+    def remove(self):
+        for h in self.handles: h.remove()
+        self.handles = []
+
 
 # %% ../nbs/06_metrics.ipynb #d9d2d942
 @contextlib.contextmanager
@@ -620,23 +658,6 @@ def _explain_double_backward():
         raise
 
 # %% ../nbs/06_metrics.ipynb #963b5ee8
-def _probe_hvps(params:list, # the selected parameters
-                g:tuple, # ∂L_b/∂params with graph (None where a parameter is unused)
-                K:int, # Rademacher probes
-                seed:int, # seeds the probes
-                probe:dict, # probe['z'] holds the current probe, read by the `_z_hz_hook`s
-                bar, # progress bar, one step per probe
-               )->None:
-    "For k = 1..K: H_b z_k by double backward, z_k ⊙ H_b z_k added into the buffers by the hooks."
-    live = [j for j, gj in enumerate(g) if gj is not None and gj.requires_grad]
-    for k in range(K):
-        probe["z"] = None  # never two probes in memory at once
-        probe["z"] = _rademacher(params, seed, k)
-        if live:
-            torch.autograd.backward([g[j] for j in live], grad_tensors=[probe["z"][j] for j in live],
-                                    inputs=params, retain_graph=k < K - 1)
-        bar.update()
-
 def _hutchinson(model:nn.Module, # the causal LM (inside `_grad_scope`, eager attention)
                 refs:list, # selected WeightRefs
                 blocks:torch.Tensor, # [N, T] calibration token ids (all of them, on every rank)
@@ -648,19 +669,24 @@ def _hutchinson(model:nn.Module, # the causal LM (inside `_grad_scope`, eager at
     blocks, _ = _shard(blocks, run.dist)
     params = [r.param for r in refs]
     bufs = [_f32_zeros(p) for p in params]
-    probe = {"z": None}
-    handles = [p.register_post_accumulate_grad_hook(_z_hz_hook(b, probe, i)) for i, (p, b) in enumerate(zip(params, bufs))]
     n_tok, bs, K = 0, run.batch_size, run.hutchinson_samples
+    hooks = _HutchHooks(params, bufs, run.seed, K)
     try:
-        with _explain_double_backward(), _bar(math.ceil(len(blocks) / bs) * K, "hutchinson_diag", run.progress) as bar:
+        with _explain_double_backward(), _bar(math.ceil(len(blocks) / bs) * K, "hutchinson_diag", run.progress) as bar, \
+             warnings.catch_warnings():  # the hooks drop each g at once: no parameter-gradient reference cycle to warn about
+            warnings.filterwarnings("ignore", message=".*backward\\(\\) with create_graph=True")
             for i in range(0, len(blocks), bs):
                 nll, n, _ = sequence_nll(model, blocks[i:i + bs], loss_chunk=run.loss_chunk, create_graph=True)
                 n_tok += int(n.sum())
-                g = torch.autograd.grad(nll.sum() / T_tot, params, create_graph=True, allow_unused=True)
-                _probe_hvps(params, g, K, run.seed, probe, bar)
-                del nll, g; probe["z"] = None
-    finally:
-        for h in handles: h.remove()
+                hooks.k, hooks.dots = None, [0] * K
+                torch.autograd.backward(nll.sum() / T_tot, inputs=params, create_graph=True)
+                dots, hooks.dots = hooks.dots, None; del nll
+                for k in range(K):  # s_k = g·z_k: its gradient is H_b z_k, which the hooks fold into the buffers
+                    hooks.k = k
+                    if torch.is_tensor(dots[k]) and dots[k].requires_grad:
+                        torch.autograd.backward(dots[k], inputs=params, retain_graph=k < K - 1)
+                    dots[k] = None; bar.update()
+    finally: hooks.remove()
     _reduce(bufs, run.dist)  # Σ_b z⊙H_b z over all ranks' micro-batches (the same probes everywhere), before the 1/K
     _check_tokens(_total(n_tok, run.dist), T_tot)
     for b in bufs: b.div_(K)
@@ -673,6 +699,7 @@ def _hutchinson_diag(model:nn.Module, # the causal LM (inside `_grad_scope`)
                     )->dict:
     "`_hutchinson` with eager attention (the fused attention kernels have no double backward)."
     with _eager_attention(model, run.notes): return _hutchinson(model, refs, blocks, run)
+
 
 # %% ../nbs/06_metrics.ipynb #11849270
 def _obd(refs:list, # selected WeightRefs
