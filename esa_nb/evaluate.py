@@ -76,25 +76,63 @@ def _plain_linear(head:nn.Module # the output head
     return (type(head) is nn.Linear and head.weight.is_floating_point() and not hasattr(head, "_hf_hook")
             and not (head._forward_hooks or head._forward_pre_hooks or any(glob)))
 
+def _tiled_ce(W:torch.Tensor, b:torch.Tensor|None, # a plain head's weight [V, H] and bias [V] (or None)
+              h:torch.Tensor, # [c, H] hidden states of c positions
+              t:torch.Tensor, # [c] targets (-100 = ignore)
+              tile:int=VOCAB_TILE, # head rows per tile
+              grad:bool=False, # also return ∂ℓ_i/∂h_i = Σ_v softmax_v W_v − W_target
+             )->tuple:
+    "Per-position NLL (at least fp32), correct argmax predictions and, with `grad`, ∂ℓ_i/∂h_i: one vocabulary tile at a time."
+    dt = torch.float64 if W.dtype == torch.float64 else torch.float32  # at least fp32, as in `_ce_chunk`
+    full = lambda v: torch.full((len(h),), v, dtype=dt, device=h.device)
+    m, best, tl, arg = full(-math.inf), full(-math.inf), full(0.0), torch.zeros(len(h), dtype=torch.long, device=h.device)
+    t = t.to(h.device); tc = t.clamp_min(0)
+    for v0 in range(0, W.shape[0], tile):
+        Wt = W[v0:v0 + tile]
+        lg = F.linear(h, Wt, None if b is None else b[v0:v0 + tile]).to(dt)
+        tm, a = lg.max(-1)  # the first maximum of the tile (a NaN counts as the maximum, as in argmax)
+        up = (tm > best) | (tm.isnan() & ~best.isnan())  # strictly greater: an earlier tile keeps a tie
+        arg, best = torch.where(up, a + v0, arg), torch.where(up, tm, best)
+        tl = torch.where((tc >= v0) & (tc < v0 + lg.shape[1]), lg.gather(1, (tc - v0).clamp(0, lg.shape[1] - 1)[:, None])[:, 0], tl)
+        m = torch.maximum(m, tm)
+        r = torch.where(torch.isinf(m), 0.0, m)  # the sums' reference point: the running maximum (0 where infinite, as logsumexp)
+        e = torch.exp(lg - r[:, None])  # online softmax (Milakov & Gimelshein 2018): rescale the earlier tiles' sums to r
+        if v0 == 0: s, acc = e.sum(-1), (e @ Wt.to(dt) if grad else None)
+        else:
+            sc = torch.exp(r0 - r).masked_fill_(s == 0, 0.0)
+            s = s * sc + e.sum(-1)
+            if grad: acc = torch.addmm(acc * sc[:, None], e, Wt.to(dt))
+        r0 = r
+    ok = t != -100
+    nll = torch.where(ok, r0 + s.log() - tl, 0.0)
+    if not grad: return nll, arg == t
+    return nll, arg == t, torch.where(ok[:, None], acc / s[:, None] - W[tc].to(dt), 0.0)
+
 def _ce_tiled(head:nn.Linear, # a plain output head (see `_plain_linear`)
               h:torch.Tensor, # [c, H] hidden states of c positions
               t:torch.Tensor, # [c] targets (-100 = ignore)
               tile:int=VOCAB_TILE, # head rows per tile
              )->tuple[torch.Tensor, torch.Tensor]:
-    "`_ce_chunk` without gradients, one vocabulary tile of the head at a time: a running log-sum-exp, argmax and target logit."
-    W, b = head.weight, head.bias
-    dt = torch.float64 if W.dtype == torch.float64 else torch.float32  # at least fp32, as in `_ce_chunk`
-    full = lambda v: torch.full((len(h),), v, dtype=dt, device=h.device)
-    lse, best, tl, arg = full(-math.inf), full(-math.inf), full(0.0), torch.zeros(len(h), dtype=torch.long, device=h.device)
-    t = t.to(h.device); tc = t.clamp_min(0)
-    for v0 in range(0, W.shape[0], tile):
-        lg = F.linear(h, W[v0:v0 + tile], None if b is None else b[v0:v0 + tile]).to(dt)
-        m, a = lg.max(-1)  # the first maximum of the tile (a NaN counts as the maximum, as in argmax)
-        up = (m > best) | (m.isnan() & ~best.isnan())  # strictly greater: an earlier tile keeps a tie
-        arg, best = torch.where(up, a + v0, arg), torch.where(up, m, best)
-        lse = torch.logaddexp(lse, torch.logsumexp(lg, -1))
-        tl = torch.where((tc >= v0) & (tc < v0 + lg.shape[1]), lg.gather(1, (tc - v0).clamp(0, lg.shape[1] - 1)[:, None])[:, 0], tl)
-    return torch.where(t != -100, lse - tl, 0.0).to(dt), arg == t
+    "`_ce_chunk` without gradients, one vocabulary tile of the head at a time (`_tiled_ce`)."
+    return _tiled_ce(head.weight, head.bias, h, t, tile)
+
+_ONCE = ("sequence_nll's fused chunked loss is differentiable once; pass create_graph=True to sequence_nll when the gradient "
+         "itself will be differentiated (Hessian-vector products)")
+
+class _TiledHeadCE(torch.autograd.Function):
+    "`_tiled_ce` whose gradient w.r.t. the hidden states comes from the same pass over the vocabulary tiles."
+    @staticmethod
+    def forward(ctx, h, W, b, t, tile):
+        nll, cor, G = _tiled_ce(W, b, h, t, tile, grad=True)
+        ctx.save_for_backward(G); ctx.h_dtype = h.dtype
+        ctx.mark_non_differentiable(cor)
+        return nll, cor
+
+    @staticmethod
+    def backward(ctx, g_nll, g_cor):
+        if torch.is_grad_enabled(): raise RuntimeError(_ONCE)  # create_graph=True: the head's curvature would be missing
+        G, = ctx.saved_tensors
+        return (G * g_nll.to(G.dtype)[:, None]).to(ctx.h_dtype), None, None, None, None
 
 def last_hidden(model:nn.Module, # a causal LM accepted by `output_head`
                 input_ids:torch.Tensor, # [B, T] token ids on `input_device(model)`
@@ -124,9 +162,7 @@ class _FusedHeadLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_loss, g_extra):
-        if torch.is_grad_enabled():  # create_graph=True: the head's curvature would be silently missing
-            raise RuntimeError("sequence_nll's fused chunked loss is differentiable once; pass create_graph=True to "
-                               "sequence_nll when the gradient itself will be differentiated (Hessian-vector products)")
+        if torch.is_grad_enabled(): raise RuntimeError(_ONCE)  # create_graph=True: the head's curvature would be missing
         G, = ctx.saved_tensors  # [S, N, H]
         g = g_loss.reshape(G.shape[1], G.shape[0]).to(G.dtype if G.dtype == torch.float64 else torch.float32)
         return torch.einsum("snh,ns->nh", G.to(g.dtype), g).to(G.dtype), None, None, None
@@ -163,13 +199,15 @@ def sequence_nll(model, # a causal LM
     tg = labels[:, 1:]
     B, T1 = tg.shape
     hf, tf, c = h.reshape(B * T1, h.shape[-1]), tg.reshape(-1), int(loss_chunk)
-    if _fusable(hf, head, create_graph): nll, cor = _FusedHeadLoss.apply(hf, head, c, lambda hd, x, rows: _ce_chunk(hd, x, tf[rows]))
+    fused, tiled = _fusable(hf, head, create_graph), _plain_linear(head)
+    ckpt = not fused and torch.is_grad_enabled() and (hf.requires_grad or any(p.requires_grad for p in head.parameters()))
+    if fused and not tiled: nll, cor = _FusedHeadLoss.apply(hf, head, c, lambda hd, x, rows: _ce_chunk(hd, x, tf[rows]))
     else:
-        ckpt = torch.is_grad_enabled() and (hf.requires_grad or any(p.requires_grad for p in head.parameters()))
-        tiled = not ckpt and _plain_linear(head)  # no gradient: the head tile by tile, as many rows as one chunk's logits hold
-        if tiled: c = max(c, c * head.out_features // VOCAB_TILE)
-        out = [checkpoint(_ce_chunk, head, hf[s:s + c], tf[s:s + c], use_reentrant=False) if ckpt
-               else (_ce_tiled if tiled else _ce_chunk)(head, hf[s:s + c], tf[s:s + c]) for s in range(0, B * T1, c)]
+        if tiled and not ckpt: c = max(c, c * head.out_features // VOCAB_TILE)  # rows per pass: tile logits within one chunk's size
+        if fused: f = lambda x, t: _TiledHeadCE.apply(x, head.weight, head.bias, t, VOCAB_TILE)  # losses and ∂ℓ/∂h in one pass
+        elif ckpt: f = lambda x, t: checkpoint(_ce_chunk, head, x, t, use_reentrant=False)
+        else: f = lambda x, t: (_ce_tiled if tiled else _ce_chunk)(head, x, t)
+        out = [f(hf[s:s + c], tf[s:s + c]) for s in range(0, B * T1, c)]
         nll, cor = torch.cat([n for n, _ in out]), torch.cat([k for _, k in out])
     return nll.view(B, T1).sum(1), (tg != -100).sum(1), cor.view(B, T1).sum(1)
 
