@@ -581,7 +581,7 @@ def _rademacher_one(shape:torch.Size, dtype:torch.dtype, device:torch.device, # 
                    )->torch.Tensor:
     "Probe k's entries for parameter j: ±1 in its dtype and device, reproducible from (seed, k, j) on a given device type."
     g = torch.Generator(device=device).manual_seed(_probe_seed(seed, k, j))
-    return torch.empty(shape, dtype=dtype, device=device).bernoulli_(0.5, generator=g).mul_(2).sub_(1)
+    return torch.empty(shape, dtype=dtype, device=device).random_(0, 2, generator=g).mul_(2).sub_(1)  # 3x faster than bernoulli_
 
 def _rademacher(params:list, # tensors to draw a probe for (shapes, dtypes, devices)
                 seed:int, # the run's seed
