@@ -67,7 +67,7 @@ def _ce_chunk(head:nn.Module, # the output head
     with torch.no_grad(): cor = lg.argmax(-1) == t
     return nll, cor
 
-VOCAB_TILE = 1024 # head rows per vocabulary tile when the loss is evaluated without gradients
+VOCAB_TILE = 1024 # head rows per vocabulary tile of `_tiled_ce` (evaluation, and the fused gradient of a plain head)
 
 def _plain_linear(head:nn.Module # the output head
                  )->bool:
