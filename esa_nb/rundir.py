@@ -17,14 +17,15 @@ import torch
 from .core import LazyModule, EsaError, read_json, atomic_write_text
 from .stats import as_float, jaccard, CONDITIONS
 
-pd = LazyModule("pandas")  # data frames only for the notebook views: a run never imports pandas
-
 
 # %% auto #0
-__all__ = ['pd', 'RUN_OUTPUTS', 'clear_outputs', 'write_csv', 'top_weights_rows', 'read_run_file', 'Run', 'topk_at',
-           'conditions_table', 'per_seed_table', 'separation_table', 'stability_table', 'stability_pairs',
-           'candidates_table', 'scan_table', 'score_tables', 'baseline_table', 'block_table', 'run_charts',
-           'overlap_matrix', 'find_runs', 'run_labels']
+__all__ = ['RUN_OUTPUTS', 'clear_outputs', 'write_csv', 'top_weights_rows', 'read_run_file', 'Run', 'topk_at', 'conditions_table',
+           'per_seed_table', 'separation_table', 'stability_table', 'stability_pairs', 'candidates_table', 'scan_table',
+           'score_tables', 'baseline_table', 'block_table', 'run_charts', 'overlap_matrix', 'find_runs', 'run_labels']
+
+# %% ../nbs/13_rundir.ipynb #fbb1143e
+pd = LazyModule("pandas")  # data frames only for the notebook views: a run never imports pandas
+
 
 # %% ../nbs/13_rundir.ipynb #74db3cf9
 RUN_OUTPUTS = ("baseline_metrics.json", "sensitivity_stats.json", "top_weights.csv", "superweight_candidates.json",

@@ -222,9 +222,13 @@ class _RadixSelect:
         if self.bsum is not None:
             self.bsum += o.bsum; self.kmin = torch.minimum(self.kmin, o.kmin); self.kmax = torch.maximum(self.kmax, o.kmax)
 
-    def _bin(self, r:int)->tuple[int, int]:
+    def _cumulative(self)->torch.Tensor:
+        "The cumulative pass-1 counts (cached until the counts change)."
         if self._cum is None: self._cum = self.cnt.cumsum(0)
-        cum = self._cum
+        return self._cum
+
+    def _bin(self, r:int)->tuple[int, int]:
+        cum = self._cumulative()
         b = int(torch.searchsorted(cum, torch.tensor([r]), right=True)[0])
         return b, (int(cum[b - 1]) if b else 0)
 
@@ -263,8 +267,7 @@ class _RadixSelect:
     def above(self, r:int)->tuple[int, float, float]:
         "(count, Σ value, Σ ln value) of the entries strictly above the r-th smallest value (r planned in `sum_ranks`)."
         key = self.key_at(r); b, l = key >> 16, key & (_B - 1)
-        self._bin(0)  # the cumulative counts
-        c, (s, lg) = self.n - int(self._cum[b]), self.sums[b]
+        c, (s, lg) = self.n - int(self._cumulative()[b]), self.sums[b]
         cnt = self.lo[self.slot[b] * _B + l + 1:(self.slot[b] + 1) * _B]
         nz = torch.nonzero(cnt).flatten()
         if nz.numel():

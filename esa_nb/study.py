@@ -38,12 +38,13 @@ from .store import score_key, save_scores, load_scores, find_scores, copy_scores
 from . import rundir as RD
 from .causal import SetEffects, core_search, ChannelHold, frequent_tokens, token_probs, read_weights_file
 
-pd = LazyModule("pandas")  # data frames only for the notebook views: a run never imports pandas
-
 
 # %% auto #0
-__all__ = ['pd', 'Result', 'Baseline', 'Study', 'Profile', 'ScoreWriter', 'Stability', 'run_condition', 'Perturbation',
-           'Attribution']
+__all__ = ['Result', 'Baseline', 'Study', 'Profile', 'ScoreWriter', 'Stability', 'run_condition', 'Perturbation', 'Attribution']
+
+# %% ../nbs/15_study.ipynb #295dd87f
+pd = LazyModule("pandas")  # data frames only for the notebook views: a run never imports pandas
+
 
 # %% ../nbs/15_study.ipynb #afe9787a
 class Result:
