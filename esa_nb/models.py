@@ -105,13 +105,15 @@ def _cache_ok(out:Path, # a cache entry
 
 def convert_gguf(gguf:str|Path, # path of a .gguf file
                  cache:Path|None=None, # cache root (default `cache_root()`)
-                )->tuple[Path, str]:
+                 build:bool=True, # convert when the cache holds no valid entry (False: return None instead)
+                )->tuple[Path, str]|None:
     "Dequantize a GGUF file into a cached `save_pretrained` directory keyed by its sha256 (rebuilt if damaged); return (dir, sha256)."
     gguf = Path(gguf)
     digest, root = sha256_file(gguf), cache_dir("gguf", cache)
     out = root/digest
     ok = _cache_ok(out, digest)
     if ok: return out, digest
+    if not build: return None
     if ok is False: get_logger().warning(f"the cached conversion {out} is damaged or incomplete (its weights do not match the sha256 "
                                          "recorded when it was written); rebuilding it")
     get_logger().info(f"dequantizing {gguf.name} once (about 25 s for 135M parameters); cached at {out}")
@@ -226,18 +228,21 @@ def _check_model_dir(p:Path # a model directory
             raise EsaError(f"{p/n} holds a JSON {type(obj).__name__}, not an object of settings; the model directory is damaged. "
                            "Save or download the model again.")
 
-def _resolve_source(name_or_path:str # 'smollm2-135m', a hub id, a save_pretrained dir, or a .gguf file
-                   )->tuple:
+def _resolve_source(name_or_path:str, # 'smollm2-135m', a hub id, a save_pretrained dir, or a .gguf file
+                    build:bool=True, # convert a GGUF that has no valid cache entry (False: return None instead)
+                   )->tuple|None:
     "(what transformers loads, provenance): an embedded or GGUF model is converted (cached) first."
     info, src = {"requested": name_or_path}, name_or_path
     if src.lower() in EMBEDDED:
         gguf = embedded_gguf_path(src.lower())
-        src, digest = convert_gguf(gguf)
+        if (conv := convert_gguf(gguf, build=build)) is None: return None
+        src, digest = conv
         info.update(kind="embedded", name=name_or_path.lower(), gguf_file=gguf.name, gguf_sha256=digest)
     elif _looks_like_path(src):
         p = Path(src).expanduser()
         if p.is_file() and p.suffix == ".gguf":
-            src, digest = convert_gguf(p)
+            if (conv := convert_gguf(p, build=build)) is None: return None
+            src, digest = conv
             info.update(kind="gguf", path=str(p.resolve()), gguf_sha256=digest)
         elif p.is_dir() and (p/"config.json").is_file():
             _check_model_dir(p); src = p
@@ -308,13 +313,14 @@ def load_model(name_or_path:str=DEFAULT_MODEL, # 'smollm2-135m', a hub id, a sav
                progress:bool=True, # show transformers' loading progress bars
               ):
     "Load a causal LM and its tokenizer, in eval mode with gradients off; provenance in `model.esa_info`."
+    found = _in_background(_resolve_source, name_or_path, False)  # hashing the weights overlaps importing transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
     _quiet_transformers()
     (hf_logging.enable_progress_bar if progress else hf_logging.disable_progress_bar)()
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    src, info = _resolve_source(name_or_path)
+    src, info = found.result() or _resolve_source(name_or_path)  # a GGUF with no valid cache entry is converted here
     device_map = check_device_map(parse_device_map(device_map))
     kw = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)
     # offline, look only in the local HF cache instead of retrying the network for a minute

@@ -38,12 +38,15 @@ def dist_setup(cfg:EsaConfig # validated options (cfg.device may be rewritten to
     return env
 
 # %% ../nbs/16_runner.ipynb #8a832d72
+_OWN_PROCESS = False  # set by `cli`: the process runs one study, so what the load leaves alive may leave garbage collection for good
+
 def run_esa(cfg:EsaConfig, # validated options (`EsaConfig.from_argv`)
             argv:list|None=None, # command line, for the manifest
            )->dict:
     "Run baseline, profiling, stability and perturbation as configured; write every output (rank 0); return a summary."
     env = dist_setup(cfg)
     s = Study(config=cfg, dist=env, argv=argv)          # load model and text, check everything that needs them
+    if _OWN_PROCESS: gc.collect(); gc.freeze()          # the model's and transformers' objects: no later collection walks them
     s.man.update(scale={"loss_chunk": s.cfg.loss_chunk, "grad_checkpointing": cfg.grad_checkpointing, "device_map": cfg.device_map,
                         "sharding": "contiguous blocks per rank; sums all-reduced, per-block results gathered in block order"
                                     if env.distributed else None})
@@ -109,7 +112,8 @@ def main(argv:list|None=None # command-line arguments (default sys.argv[1:])
 
 def cli()->None:
     "The console command `esa-runner`: `main`, then leave with `os._exit` once every output is written and flushed."
-    gc.freeze()  # the imports' objects (modules, classes) are never garbage: each collection between phases skips them
+    global _OWN_PROCESS
+    gc.freeze(); _OWN_PROCESS = True  # the imports' objects (modules, classes) are never garbage: each collection between phases skips them
     rc = main()  # errors and Ctrl-C raise SystemExit here, and leave through the interpreter's usual exit
     logging.shutdown(); sys.stdout.flush(); sys.stderr.flush()
     os._exit(rc)

@@ -52,14 +52,17 @@ class Moments:
           )->Moments:
         "Moments of all values of `x`, streamed in float64 chunks."
         out, flat = cls(), _work(x)
-        for s in range(0, flat.numel(), chunk): out = out.merge(cls._of_chunk(flat[s:s + chunk].double()))
+        for s in range(0, flat.numel(), chunk): out = out.merge(cls._of_chunk(flat[s:s + chunk]))
         return out
 
     @classmethod
-    def _of_chunk(cls, c:torch.Tensor)->Moments:
+    def _of_chunk(cls, c:torch.Tensor # flat values (fp32 or float64)
+                 )->Moments:
         if c.numel() == 0: return cls()
-        mu = c.mean(); d = c - mu; d2 = d * d; lo, hi = torch.aminmax(c)
-        v = torch.stack([mu, d2.sum(), torch.dot(d2, d), torch.dot(d2, d2), lo, hi, c.sum(), c.abs().sum()]).tolist()
+        lo, hi = torch.aminmax(c); d = c.double(); s = d.sum(); mu = s / c.numel()
+        a = s if lo >= 0 else c.abs().sum(dtype=torch.float64)  # Σ|x| is Σx when no value is negative
+        d = d.sub_(mu) if d is not c else d - mu; d2 = d * d  # one float64 copy of the chunk, then deviations in place
+        v = torch.stack([mu, d2.sum(), torch.dot(d2, d), torch.dot(d2, d2), lo.double(), hi.double(), s, a]).tolist()
         return cls(c.numel(), *v)
 
     def merge(self, o:Moments # the other set
@@ -183,11 +186,13 @@ def _bincount(i:torch.Tensor, n:int, w:torch.Tensor|None=None)->torch.Tensor:
     "bincount of `i` into n bins (float64 weights optional), on the CPU."
     return torch.bincount(i, weights=w, minlength=n).cpu()
 
-def _keys32(c:torch.Tensor # flat fp32 values
+def _keys32(c:torch.Tensor, # flat fp32 values
+            nonneg:bool=False, # no value is negative (−0.0 aside): the bit pattern itself is the key
            )->tuple:
     "(the values with −0.0 made +0.0, their int32 keys, their 16-bit bins), with int32 bit operations only."
     c = c + 0.0; b = c.view(torch.int32)
-    k = (b >> 31).bitwise_and_(0x7FFFFFFF).bitwise_xor_(b)  # signed int32 order = numeric order; the unsigned key is k + 2³¹
+    # signed int32 order = numeric order; the unsigned key is k + 2³¹
+    k = b if nonneg else (b >> 31).bitwise_and_(0x7FFFFFFF).bitwise_xor_(b)
     return c, k, (k >> 16).add_(0x8000)
 
 _I32 = torch.iinfo(torch.int32)
@@ -198,16 +203,17 @@ class _RadixSelect:
     def __init__(self, gini:bool=False # also keep each bin's Σ value, min and max (non-negative values only)
                 ):
         self.cnt = torch.zeros(_B, dtype=torch.int64); self.n = 0; self._cum = self._lo_cum = None  # cumulative counts, cached
-        self.lo, self.slot, self.sum_bins, self.sums = None, {}, [], {}
+        self.lo, self.slot, self.sum_bins, self.sums, self._at, self._thru, self._gini = None, {}, [], {}, {}, {}, None
         # a bin's extremes as int32 keys (key order is value order): integer atomics on a GPU, not float64 CAS loops
         self.bsum, self.kmin, self.kmax = ((torch.zeros(_B, dtype=torch.float64), _full_i32(_I32.max), _full_i32(_I32.min))
                                            if gini else (None, None, None))
 
-    def add(self, x:torch.Tensor # flat fp32 values, in any order (−0.0 is counted as +0.0)
+    def add(self, x:torch.Tensor, # flat fp32 values, in any order (−0.0 is counted as +0.0)
+            nonneg:bool=False, # no value of x is negative (a faster key)
            )->None:
         "Pass 1: add a tensor's values to the 16-bit histogram (and to the per-bin sums and extremes), streamed in chunks."
         for a in range(0, x.numel(), _CHUNK):
-            c, k, hb = _keys32(x[a:a + _CHUNK])
+            c, k, hb = _keys32(x[a:a + _CHUNK], nonneg)
             self.cnt += _bincount(hb, _B); self.n += c.numel(); self._cum = None
             if self.bsum is None: continue
             hl = hb.long()
@@ -228,6 +234,8 @@ class _RadixSelect:
         return self._cum
 
     def _bin(self, r:int)->tuple[int, int]:
+        "(the bin holding the r-th smallest value, the count below that bin): recorded by `plan` for the planned ranks."
+        if r in self._at: return self._at[r]
         cum = self._cumulative()
         b = int(torch.searchsorted(cum, torch.tensor([r]), right=True)[0])
         return b, (int(cum[b - 1]) if b else 0)
@@ -236,25 +244,33 @@ class _RadixSelect:
              sum_ranks:list[int]=(), # ranks for which `above` must also sum the (positive) values above them
             )->None:
         "After pass 1: choose the bins to refine so that every rank in `ranks` and `sum_ranks` can be read."
-        bins = sorted({self._bin(r)[0] for r in [*ranks, *sum_ranks]})
+        self._at = {r: self._bin(r) for r in {*ranks, *sum_ranks}}
+        bins = sorted({b for b, _ in self._at.values()})
+        self._thru = {b: int(self._cumulative()[b]) for b in bins}  # the count up to each planned bin, inclusive
         self.slot = {b: i for i, b in enumerate(bins)}
-        self.table = torch.full((_B,), -1, dtype=torch.int64); self.table[bins] = torch.arange(len(bins))  # bin -> slot or -1
-        self.lo = torch.zeros(len(bins) * _B, dtype=torch.int64); self._lo_cum = None
-        self.sum_bins = sorted({self._bin(r)[0] for r in sum_ranks}); self.sums = {b: [0.0, 0.0] for b in self.sum_bins}
+        self.lo, self._lo_cum = None, None  # the low-bit histograms, allocated by the first refine
+        self.sum_bins = sorted({self._at[r][0] for r in sum_ranks}); self.sums = {b: [0.0, 0.0] for b in self.sum_bins}
+
+    def compact(self)->None:
+        "After `plan` (and any `merge` into others): drop the 65,536-bin arrays, keeping what the planned ranks and the Gini need."
+        if self.bsum is not None: self._gini = self.gini()
+        self.cnt = self._cum = self.bsum = self.kmin = self.kmax = None
 
     def refine(self, x:torch.Tensor # flat fp32 values, in any order (no sort needed; −0.0 is counted as +0.0)
               )->None:
         "Pass 2: histogram the low 16 bits inside the planned bins; sum values and logs above the sum bins (streamed)."
-        table = self.table.to(x.device)
-        for a in range(0, x.numel(), _CHUNK):  # one gather and one bincount per chunk, whatever the number of bins
-            c, k, hb = _keys32(x[a:a + _CHUNK])
-            sl = table.index_select(0, hb); m = sl >= 0
-            if self.slot: self.lo += _bincount(sl[m] * _B + (k[m] & (_B - 1)), len(self.lo)); self._lo_cum = None
-            if not self.sum_bins: continue
-            top = hb > self.sum_bins[0]; v, hv = c[top].double(), hb[top]  # entries above the lowest sum bin (all > 0)
-            for b in self.sum_bins:
-                w = v[hv > b]
-                self.sums[b][0] += float(w.sum()); self.sums[b][1] += float(w.log().sum())
+        _refine(x, [self])
+
+    def _count(self, rows:torch.Tensor, # for each entry inside one of the shared pass's bins: that bin's row there
+               low:torch.Tensor, # and its key's low 16 bits
+               smap:torch.Tensor, # shared row -> this selector's offset slot·2¹⁶, or −1 (not planned here)
+              )->None:
+        "Pass 2, for this selector: count the entries of a shared pass that fall inside its planned bins."
+        if not self.slot: return
+        if self.lo is None: self.lo = torch.zeros(len(self.slot) * _B, dtype=torch.int64)
+        o = smap.to(rows.device).index_select(0, rows); m = o >= 0
+        i = (o[m] + low[m]).cpu()
+        self.lo.index_add_(0, i, torch.ones_like(i)); self._lo_cum = None
 
     def key_at(self, r:int)->int:
         "The key of the r-th smallest value (0-based)."
@@ -267,7 +283,7 @@ class _RadixSelect:
     def above(self, r:int)->tuple[int, float, float]:
         "(count, Σ value, Σ ln value) of the entries strictly above the r-th smallest value (r planned in `sum_ranks`)."
         key = self.key_at(r); b, l = key >> 16, key & (_B - 1)
-        c, (s, lg) = self.n - int(self._cumulative()[b]), self.sums[b]
+        c, (s, lg) = self.n - self._thru[b], self.sums[b]
         cnt = self.lo[self.slot[b] * _B + l + 1:(self.slot[b] + 1) * _B]
         nz = torch.nonzero(cnt).flatten()
         if nz.numel():
@@ -277,6 +293,7 @@ class _RadixSelect:
 
     def gini(self)->tuple[float, float]:
         "(Gini coefficient, the largest possible error of it) of the non-negative values added, from the bins alone."
+        if self._gini is not None: return self._gini
         n, T = self.n, float(self.bsum.sum())
         if n == 0 or not T > 0: return math.nan, 0.0
         nz = torch.nonzero(self.cnt).flatten()
@@ -286,6 +303,30 @@ class _RadixSelect:
         u = torch.where(w > 0, (s - c * lo).clamp_min(0) * (c * hi - s).clamp_min(0) / torch.where(w > 0, 2 * w, 1.0), 0.0)
         ia = float(((c.cumsum(0) - c) * s + (c + 1) / 2 * s + u / 2).sum())  # Σ i·a_(i), each bin's own part at mid-range
         return (2 * ia - (n + 1) * T) / (n * T), float(u.sum()) / (n * T)
+
+def _refine(x:torch.Tensor, # flat fp32 values
+            sels:list[_RadixSelect], # planned selectors that all count these values (e.g. one tensor's and the overall one)
+            nonneg:bool=False, # no value of x is negative (a faster key)
+           )->None:
+    "Pass 2 of several selectors at once: per chunk one key computation and one gather, then work on the few entries inside planned bins."
+    bins = sorted({b for s in sels for b in s.slot}); sb = sorted({b for s in sels for b in s.sum_bins})
+    table = torch.full((_B,), -1, dtype=torch.int64); table[bins] = torch.arange(len(bins)); table = table.to(x.device)  # bin -> row
+    planned = table >= 0  # gathered over every entry: one byte each, not eight
+    smaps = [torch.tensor([s.slot[b] * _B if b in s.slot else -1 for b in bins], dtype=torch.int64) for s in sels]
+    sums = {b: [0.0, 0.0] for b in sb}
+    for a in range(0, x.numel(), _CHUNK):
+        c, k, hb = _keys32(x[a:a + _CHUNK], nonneg)
+        if bins:
+            m = planned.index_select(0, hb)
+            r, low = table.index_select(0, hb[m]), (k[m] & (_B - 1)).long()
+            for s, sm in zip(sels, smaps): s._count(r, low, sm)
+        if not sb: continue
+        top = hb > sb[0]; v, hv = c[top].double(), hb[top]  # entries above the lowest sum bin (all > 0)
+        for b in sb:
+            w = v[hv > b]
+            sums[b][0] += float(w.sum()); sums[b][1] += float(w.log().sum())
+    for s in sels:
+        for b in s.sum_bins: s.sums[b][0] += sums[b][0]; s.sums[b][1] += sums[b][1]
 
 # %% ../nbs/08_stats.ipynb #03726426
 _EXACT_ALWAYS = ("count", "sum", "mean", "std", "min", "max", "excess_kurtosis")
@@ -348,37 +389,37 @@ def _read(RX:_RadixSelect, RA:_RadixSelect, # the refined selectors of x and |x|
 def _tensor_pass(x:torch.Tensor, # one tensor's values, flat fp32
                  m:int, # its Hill m
                 )->tuple:
-    "(moments, statistics, pass-1 selector of x, pass-1 selector of |x|) of one tensor, without sorting it."
+    "Pass 1 of one tensor: (moments, selector of x, selector of |x| (the same one when no value is negative), the plan of its ranks)."
     mom = Moments.of(x); signed = mom.min < 0
-    TX = _RadixSelect(gini=not signed); TX.add(x)
-    TA, a = (_RadixSelect(gini=True), x.abs()) if signed else (TX, x)
-    if signed: TA.add(a)
-    plan = _plan(TX, TA, x.numel(), m)
-    TX.refine(x)
-    if signed: TA.refine(a)
-    return mom, {**mom.as_dict(), **_read(TX, TA, x.numel(), m, *plan, mom)}, TX, TA
+    TX = _RadixSelect(gini=not signed); TX.add(x, not signed)
+    TA = _RadixSelect(gini=True) if signed else TX
+    if signed: TA.add(x.abs(), True)
+    return mom, TX, TA, _plan(TX, TA, x.numel(), m)
 
 def _score_pass1(scores:dict, names:list, hill:tuple):
-    "Pass 1, tensor by tensor: moments and per-tensor statistics; the pass-1 counts of x and |x| over all tensors."
+    "Pass 1, tensor by tensor: moments and the planned selectors of each tensor (compacted); the pass-1 counts of x and |x| over all."
     RX, RA = _RadixSelect(), _RadixSelect(gini=True)  # order statistics of x, and of |x|
-    per_tensor, moments, signed = {}, {}, False
+    per, signed = {}, False
     for n in names:
-        x = _work(scores[n])
-        moments[n], per_tensor[n], TX, TA = _tensor_pass(x, _hill_m(x.numel(), *hill))
+        x = _work(scores[n]); m = _hill_m(x.numel(), *hill)
+        mom, TX, TA, plan = _tensor_pass(x, m)
         RX.merge(TX); RA.merge(TA); signed |= TA is not TX
-    return per_tensor, moments, (RX if signed else RA), RA
+        TX.compact(); TA.compact()  # a few numbers per tensor from here on, not 65,536-bin arrays
+        per[n] = (mom, TX, TA, m, plan)
+    return per, (RX if signed else RA), RA
 
 # %% ../nbs/08_stats.ipynb #7f313181
-def _score_overall(scores:dict, names:list, moments:dict, RX, RA, N:int, m:int)->dict:
-    "Pass 2: refine the radix bins holding the overall target ranks; the overall statistics."
-    plan = _plan(RX, RA, N, m)
+def _score_pass2(scores:dict, names:list, per:dict, RX, RA, N:int, m:int)->tuple[dict, dict]:
+    "Pass 2: each tensor visited once, refining its own planned bins and the overall ones together; (per-tensor, overall) statistics."
+    plan, out, total = _plan(RX, RA, N, m), {}, Moments()
     for n in names:  # no sort: only the entries inside the planned bins are counted
-        x = _work(scores[n]); RX.refine(x)
-        if RA is not RX: RA.refine(x if moments[n].min >= 0 else x.abs())
+        mom, TX, TA, tm, tplan = per[n]; x = _work(scores[n])
+        if TA is TX: _refine(x, [TX, RX] + ([RA] if RA is not RX else []), True)  # non-negative: x is its own |x|
+        else: _refine(x, [TX, RX]); _refine(x.abs(), [TA, RA], True)
+        out[n] = {**mom.as_dict(), **_read(TX, TA, x.numel(), tm, *tplan, mom)}
+        per[n] = (mom, None, None, tm, None); total = total.merge(mom)  # this tensor's low-bit histograms are freed
         del x
-    total = Moments()
-    for mom in moments.values(): total = total.merge(mom)
-    return {**total.as_dict(), **_read(RX, RA, N, m, *plan, total)}
+    return out, {**total.as_dict(), **_read(RX, RA, N, m, *plan, total)}
 
 def _score_methods()->dict:
     "How each statistic was computed (overall and per tensor alike)."
@@ -398,6 +439,7 @@ def score_stats(scores:dict[str, torch.Tensor], # parameter name -> score tensor
                 hill_frac:float=0.01, # Hill m as a fraction of n ...
                 hill_m_min:int=10, # ... but at least this many ...
                 hill_m_max:int|None=None, # ... and at most this many (always at most n − 1)
+                log_bins:int|None=None, # also return `log_histogram(scores, log_bins)` under "log_histogram", from the same passes
                )->dict:
     "Distribution statistics per tensor, overall, per layer and per kind, streamed with O(largest tensor) memory and no sort."
     check_scores(scores, "score statistics")
@@ -406,14 +448,17 @@ def score_stats(scores:dict[str, torch.Tensor], # parameter name -> score tensor
         if scores[n].numel() == 0: raise EsaError(f"the score tensor {n!r} is empty; every scored parameter needs at least one score.")
     _check_map(layer_of, names, "layer_of"); _check_map(kind_of, names, "kind_of")
     N, hill = sum(scores[n].numel() for n in names), (hill_frac, hill_m_min, hill_m_max)
-    per_tensor, moments, RX, RA = _score_pass1(scores, names, hill)
-    ov = _score_overall(scores, names, moments, RX, RA, N, _hill_m(N, *hill))
-    ov["method"] = _score_methods()
+    log_bins = None if log_bins is None else _check_bins(log_bins)
+    per, RX, RA = _score_pass1(scores, names, hill)
+    hist = None if log_bins is None else _shared_log_histogram(scores, log_bins, RA if RX is RA else None, per)
+    per_tensor, ov = _score_pass2(scores, names, per, RX, RA, N, _hill_m(N, *hill))
+    ov["method"] = _score_methods(); moments = {n: per[n][0] for n in names}
     by_layer = _aggregate([(layer_of[n], moments[n]) for n in names], lambda k: (k is None, k if k is not None else 0)) if layer_of is not None else {}
     by_kind = _aggregate([(kind_of[n], moments[n]) for n in names], lambda k: str(k)) if kind_of is not None else {}
     return {"per_tensor": per_tensor, "overall": ov, "per_layer": by_layer, "per_kind": by_kind,
             "settings": {"hill_frac": hill_frac, "hill_m_min": hill_m_min, "hill_m_max": hill_m_max,
-                         "quantiles": list(QUANTILES), "n_scores": N, "n_tensors": len(names)}}
+                         "quantiles": list(QUANTILES), "n_scores": N, "n_tensors": len(names)},
+            **({"log_histogram": hist} if hist is not None else {})}
 
 # %% ../nbs/08_stats.ipynb #8bc6252f
 def _f64(x, name:str)->np.ndarray:
@@ -847,12 +892,33 @@ def _exact_counts(tensors:dict, f, ulo:float, uhi:float, bins:int, lo:float, hi:
             if c.numel(): counts += torch.histc(f(c).clamp_(ulo, uhi), bins, ulo, uhi).cpu()
     return [int(v) for v in counts.tolist()], below, above
 
+def _positive_bins(R:_RadixSelect, # pass-1 selector of non-negative values that keeps bin extremes (gini=True)
+                   mx:float, # their maximum
+                  )->dict|None:
+    "`_value_bins(..., positive=True)` from a pass-1 selector; None when bin 0x8000 mixes zeros with positive values below 2⁻¹³³."
+    c0, k0 = int(R.cnt[0x8000]), (int(R.kmin[0x8000]), int(R.kmax[0x8000]))  # bin 0x8000 holds +0.0 and the tiniest subnormals
+    if c0 and k0[0] == 0 and k0[1] != 0: return None
+    first = 0x8000 if c0 and k0[0] > 0 else None  # the smallest positive value: the minimum of the first bin that holds one
+    if first is None:
+        nz = torch.nonzero(R.cnt[0x8001:]).flatten()
+        first = 0x8001 + int(nz[0]) if nz.numel() else None
+    mp = float(_key_values(R.kmin[first:first + 1].long() + _SIGN)) if first is not None else math.inf
+    return dict(cnt=R.cnt, n=R.n, bad=0, n_zero=c0 if c0 and k0[0] == 0 else 0, min_pos=mp, max=mx)
+
+def _shared_log_histogram(scores:dict, bins:int, R:_RadixSelect|None, per:dict)->dict:
+    "`log_histogram` inside `score_stats`: from the pass-1 selector R of non-negative scores, else (signed scores, R None) by its own pass."
+    V = None if R is None else _positive_bins(R, max(p[0].max for p in per.values()))
+    return _log_histogram(scores, bins, V if V is not None else _value_bins(scores, positive=True))
+
 def log_histogram(scores:dict[str, torch.Tensor], # parameter name -> score tensor (native shape, any device); pass |s| for signed scores
                   bins:int=80, # number of bins, of equal width in log10(score) up to the snapping of their edges
                  )->dict:
     "Histogram of log10(score) over all positive scores, from one pass of key-bin counts; zeros and negatives counted apart."
-    _check_tensors(scores, "log_histogram"); bins = _check_bins(bins)
-    V = _value_bins(scores, positive=True)
+    _check_tensors(scores, "log_histogram")
+    return _log_histogram(scores, _check_bins(bins), _value_bins(scores, positive=True))
+
+def _log_histogram(scores:dict, bins:int, V:dict)->dict:
+    "`log_histogram` from the key-bin counts V of the scores (`_value_bins` with positive=True)."
     if V["bad"]:
         raise EsaError(f"log_histogram got {V['bad']} NaN or infinite scores; scores must be finite (see esa_nb.topk.check_scores).")
     n_neg = int(V["cnt"][:0x8000].sum()); mn, mx = V["min_pos"], V["max"]

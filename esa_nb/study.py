@@ -5,9 +5,11 @@
 # %% ../nbs/15_study.ipynb #9090d76c
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import os
 import shutil
 import threading
 import tempfile
@@ -31,7 +33,7 @@ from .weights import select_weights, weight_coverage, expert_summary
 from .metrics import METRIC_SPECS, compute_scores
 from .topk import topk_sweep, select_topk, TopK
 from .stats import (score_stats, paired_delta, pool_condition, verdict, stability_summary, per_tensor_jaccard, jaccard, fmt_num,
-                          log_histogram, value_histogram, layer_kind_summary)
+                          value_histogram, layer_kind_summary)
 from .perturb import perturbed, matched_random, matched_k, bottom_sweep, per_expert, resolve_bit, PerturbSettings
 from .superweight import SpikeScan, down_projections, scan_superweights, rank_candidates, router_load
 from .store import score_key, save_scores, load_scores, find_scores, copy_scores, scores_at, write_safetensors
@@ -247,6 +249,9 @@ class ScoreWriter(threading.Thread):
         self.args, self.error = (path, res, key, dtype), None
         self.start()
     def run(self):
+        # lowest CPU priority (Linux: per thread): on a few cores the write fills the idle gaps instead of stalling the
+        # main thread's parallel kernels, whose threads wait for each other; `result()` still waits for all of it
+        with contextlib.suppress(AttributeError, OSError): os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         try: save_scores(*self.args)
         except BaseException as e: self.error = e
     def result(self)->Path:
@@ -313,11 +318,11 @@ def _describe(self:Study, prof:Profile, # the profile being built
         tk = prof.topk_set(seed)
         prof.data = {"metric": c.metric, "mode": c.mode, "topk": c.topk[-1], "seed": seed, "n_tensors": len(self.refs),
                      "n_weights": sum(r.numel for r in self.refs), "topk_threshold": float(tk.scores[-1]) if len(tk) else None,
-                     "stats": score_stats(scores, layer_of, kind_of),
-                     "histogram": log_histogram(scores),  # every metric's scores are >= 0: no |s| copy
+                     "stats": score_stats(scores, layer_of, kind_of, log_bins=80),  # with the histogram of log10(score), same passes
                      "weight_histogram": value_histogram({n: p.detach() for n, p in self.params.items()}),
                      "topk_weight_values": [float(R[n].param.detach().reshape(-1)[f]) for n, f in zip(tk.names, tk.flat.tolist())],
                      "layer_kind": layer_kind_summary(scores, layer_of, kind_of, tk.counts())}
+        prof.data["histogram"] = prof.data["stats"].pop("log_histogram")  # every metric's scores are >= 0: no |s| copy
         if any(r.fused or r.expert is not None for r in self.refs):  # Mixture of Experts: per layer x expert
             prof.data["experts"] = expert_summary(scores, self.refs, tk.by_tensor())
     with self.man.phase("superweight_scan"):

@@ -314,10 +314,13 @@ def select_seeded(scores:dict[str, torch.Tensor], # parameter name -> score tens
             beyond = x >= run[0][-1].item() if largest else x <= run[0][-1].item()
             if not bool(beyond.any()): continue
             m = _eligible_mask(eligible, n, scores[n])  # only now: eligibility costs a pass over the weights
-            if m is not None and not bool((beyond & m.to(x.device)).any()): continue
-            del beyond
-        else: m = _eligible_mask(eligible, n, scores[n])
-        v, key, i = _tensor_select_seeded(x, k, largest, n, seed, m)
+            if m is not None: beyond &= m.to(x.device)
+            i = torch.nonzero(beyond).flatten(); del beyond
+            if i.numel() == 0: continue
+        else: m, i = _eligible_mask(eligible, n, scores[n]), None
+        if i is not None and i.numel() <= k:  # at most k entries can enter: take them all (ordered below), no top-k of the tensor
+            v, i = x[i].float().cpu(), i.cpu(); key = tie_keys(n, i, seed)
+        else: v, key, i = _tensor_select_seeded(x, k, largest, n, seed, m)
         run = [torch.cat([run[0], v]), torch.cat([run[1], key]), torch.cat([run[2], torch.full((len(i),), t)]), torch.cat([run[3], i])]
         o = torch.sort(run[1], stable=True).indices
         o = o[torch.sort(run[0][o], descending=largest, stable=True).indices][:k]
