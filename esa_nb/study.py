@@ -5,11 +5,9 @@
 # %% ../nbs/15_study.ipynb #9090d76c
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
-import os
 import shutil
 import threading
 import tempfile
@@ -249,10 +247,7 @@ class ScoreWriter(threading.Thread):
         self.args, self.error = (path, res, key, dtype), None
         self.start()
     def run(self):
-        # lowest CPU priority (Linux: per thread): on a few cores the write fills the idle gaps instead of stalling the
-        # main thread's parallel kernels, whose threads wait for each other; `result()` still waits for all of it
-        with contextlib.suppress(AttributeError, OSError): os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        try: save_scores(*self.args)
+        try: save_scores(*self.args)  # direct I/O where the file system allows it: the thread mostly waits on the disk
         except BaseException as e: self.error = e
     def result(self)->Path:
         self.join()
