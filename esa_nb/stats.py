@@ -311,17 +311,19 @@ def _refine(x:torch.Tensor, # flat fp32 values
     "Pass 2 of several selectors at once: per chunk one key computation and one gather, then work on the few entries inside planned bins."
     bins = sorted({b for s in sels for b in s.slot}); sb = sorted({b for s in sels for b in s.sum_bins})
     table = torch.full((_B,), -1, dtype=torch.int64); table[bins] = torch.arange(len(bins)); table = table.to(x.device)  # bin -> row
-    planned = table >= 0  # gathered over every entry: one byte each, not eight
+    wanted = table >= 0  # the bins whose entries pass 2 looks at: the planned ones, and every bin above the lowest sum bin
+    if sb: wanted[sb[0] + 1:] = True
     smaps = [torch.tensor([s.slot[b] * _B if b in s.slot else -1 for b in bins], dtype=torch.int64) for s in sels]
     sums = {b: [0.0, 0.0] for b in sb}
     for a in range(0, x.numel(), _CHUNK):
         c, k, hb = _keys32(x[a:a + _CHUNK], nonneg)
+        i = wanted.index_select(0, hb).nonzero().squeeze(1)  # one byte per entry, one scan: the rest works on the few wanted
+        hs, ks = hb.index_select(0, i), k.index_select(0, i)
         if bins:
-            m = planned.index_select(0, hb)
-            r, low = table.index_select(0, hb[m]), (k[m] & (_B - 1)).long()
-            for s, sm in zip(sels, smaps): s._count(r, low, sm)
+            r = table.index_select(0, hs); m = r >= 0
+            for s, sm in zip(sels, smaps): s._count(r[m], (ks[m] & (_B - 1)).long(), sm)
         if not sb: continue
-        top = hb > sb[0]; v, hv = c[top].double(), hb[top]  # entries above the lowest sum bin (all > 0)
+        top = hs > sb[0]; v, hv = c.index_select(0, i[top]).double(), hs[top]  # entries above the lowest sum bin (all > 0)
         for b in sb:
             w = v[hv > b]
             sums[b][0] += float(w.sum()); sums[b][1] += float(w.log().sum())
