@@ -214,7 +214,7 @@ class _RadixSelect:
         "Pass 1: add a tensor's values to the 16-bit histogram (and to the per-bin sums and extremes), streamed in chunks."
         for a in range(0, x.numel(), _CHUNK):
             c, k, hb = _keys32(x[a:a + _CHUNK], nonneg)
-            self.cnt += _bincount(hb, _B); self.n += c.numel(); self._cum = None
+            self.cnt += _bincount(hb, _B); self.n += c.numel(); self._cum, self._at = None, {}
             if self.bsum is None: continue
             hl = hb.long()
             self.bsum += _bincount(hb, _B, c.double())
@@ -224,7 +224,7 @@ class _RadixSelect:
     def merge(self, o:_RadixSelect # pass-1 counts of other values (e.g. one tensor's)
              )->None:
         "Add another selector's pass-1 histogram (and its bin sums and extremes, where both keep them)."
-        self.cnt += o.cnt; self.n += o.n; self._cum = None
+        self.cnt += o.cnt; self.n += o.n; self._cum, self._at = None, {}
         if self.bsum is not None:
             self.bsum += o.bsum; self.kmin = torch.minimum(self.kmin, o.kmin); self.kmax = torch.maximum(self.kmax, o.kmax)
 
@@ -244,7 +244,7 @@ class _RadixSelect:
              sum_ranks:list[int]=(), # ranks for which `above` must also sum the (positive) values above them
             )->None:
         "After pass 1: choose the bins to refine so that every rank in `ranks` and `sum_ranks` can be read."
-        self._at = {r: self._bin(r) for r in {*ranks, *sum_ranks}}
+        self._at = {}; self._at = {r: self._bin(r) for r in {*ranks, *sum_ranks}}  # an earlier plan's bins are not reused
         bins = sorted({b for b, _ in self._at.values()})
         self._thru = {b: int(self._cumulative()[b]) for b in bins}  # the count up to each planned bin, inclusive
         self.slot = {b: i for i, b in enumerate(bins)}
