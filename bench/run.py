@@ -409,7 +409,7 @@ def sec_metrics(cfg, R):
     res = {}
     for m in METRICS:
         rep = 1 if cfg.quick or m == "hutchinson_diag" else 2 if m == "hessian_diag" else 3
-        res[m] = run_worker("metric", {"metric": m, "device": cfg.device, "seq": cfg.m_seq, "blocks": cfg.m_blocks,
+        res[m] = run_worker("metric", {"metric": m, "model": cfg.metrics_model or "smollm2-135m", "device": cfg.device, "seq": cfg.m_seq, "blocks": cfg.m_blocks,
                                        "bs": cfg.m_blocks, "K": cfg.K, "S": cfg.S, "repeat": rep})
     R["metrics"] = res
     any_ = next(iter(res.values()))
@@ -422,7 +422,7 @@ def sec_metrics(cfg, R):
         per = f((mr if mr is not None else r["ratio"]) / r["samples"]) if r["samples"] else "-"
         rows.append([m, f(r["seconds"]), f(r["bare_fwd_bwd_s"]), f(r["ratio"]), f(r["fixed_s"]), f(mr), per, target[m], _gb(r["ru_maxrss"]),
                      f(r["ru_maxrss"] / wb), f(r["metric_extra_bytes"] / wb), f(r["bare_extra_bytes"] / wb)])
-    table(f"Metrics on smollm2-135m: {any_['tokens']} tokens ({cfg.m_blocks} blocks x {cfg.m_seq}), {any_['selected_weights'] / 1e6:.1f}M "
+    table(f"Metrics on {Path(cfg.metrics_model).name if cfg.metrics_model else 'smollm2-135m'}: {any_['tokens']} tokens ({cfg.m_blocks} blocks x {cfg.m_seq}), {any_['selected_weights'] / 1e6:.1f}M "
           f"selected weights, weights {_gb(wb)}; hutchinson K={cfg.K}, hessian S={cfg.S}; each in its own process",
           ["metric", "s", "bare fwd+bwd s", "ratio", "fixed s", "marginal ratio", "per sample", "target", "peak RSS", "peak/weights",
            "metric extra/weights", "fwd+bwd extra/weights"], rows)
@@ -640,6 +640,7 @@ def main(argv=None):
     p.add_argument("--only", default=None, help="comma-separated sections: load, metrics, topk, scaling, torchrun, attribute, plain")
     p.add_argument("--device", default="auto", help="device of the model measurements (auto: CUDA if present)")
     p.add_argument("--plain-model", default=None, help="plain: the model both workflows load (default: the embedded GGUF)")
+    p.add_argument("--metrics-model", default=None, help="metrics: the model measured (default: the embedded GGUF)")
     p.add_argument("--plain-size", default=None, help="plain: SEQ_LEN,BLOCKS for calibration and evaluation (default 256,8)")
     p.add_argument("--plain-repeats", type=int, default=None, help="plain: interleaved runs of each workflow (default 3)")
     p.add_argument("--out", default=None, help="JSON file to write (default bench/results/bench-<time>.json)")

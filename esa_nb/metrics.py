@@ -34,7 +34,7 @@ class ScoreResult:
     "Scores of one metric: fp32 tensors in each parameter's native shape and device, plus how they were computed."
     metric: str # one of `METRICS`
     scores: dict[str, torch.Tensor] # parameter name -> fp32 score tensor (native shape, on the parameter's device)
-    raw: dict[str, torch.Tensor]|None = None # Hessian metrics: parameter name -> estimated Hessian diagonal h (fp32, on the CPU)
+    raw: dict[str, torch.Tensor]|None = None # Hessian metrics: parameter name -> estimated Hessian diagonal h (fp32; on the parameter's device if it has room, else the CPU)
     info: dict = field(default_factory=dict) # n_sequences, n_tokens, samples, batch_size, seed, notes, seconds, ...
 
 # %% ../nbs/06_metrics.ipynb #57d1619d
@@ -703,14 +703,27 @@ def _hutchinson_diag(model:nn.Module, # the causal LM (inside `_grad_scope`)
 
 # %% ../nbs/06_metrics.ipynb #11849270
 def _obd(refs:list, # selected WeightRefs
-         h:dict, # name -> Hessian diagonal estimate (fp32); entries are replaced by CPU copies as scores are formed
+         h:dict, # name -> Hessian diagonal estimate (fp32); replaced by CPU copies as scores are formed, unless there is room
         )->dict:
-    "Optimal Brain Damage saliency |½·h·w²| in fresh fp32 tensors; moves `h` to the CPU tensor by tensor."
-    out = {}
+    "Optimal Brain Damage saliency |½·h·w²| in fresh fp32 tensors; `h` moves to the CPU tensor by tensor where the device is short of memory."
+    keep, out = _room_for_both(h), {}
     for r in refs:
         out[r.name] = _f32_copy(r.param).square_().mul_(h[r.name]).mul_(0.5).abs_()
-        h[r.name] = h[r.name].cpu()  # frees the accelerator copy: one fp32 set on the device at a time
+        if not keep: h[r.name] = h[r.name].cpu()  # frees the accelerator copy: one fp32 set on the device at a time
     return out
+
+def _room_for_both(h:dict, # name -> Hessian diagonal estimate (fp32), on any devices
+                  )->bool:
+    "Whether each CUDA device holding `h` can also hold the scores (a set of the same size) with a quarter and 1 GiB to spare."
+    need = {}
+    for t in h.values():
+        if t.device.type == "cpu": continue
+        if t.device.type != "cuda": return False  # no free-memory query: move, as the lean default
+        need[t.device] = need.get(t.device, 0) + t.numel() * t.element_size()
+    for d, b in need.items():
+        free = torch.cuda.mem_get_info(d)[0] + torch.cuda.memory_reserved(d) - torch.cuda.memory_allocated(d)  # the cache is free too
+        if free < 1.25 * b + 2**30: return False
+    return True
 
 # %% ../nbs/06_metrics.ipynb #d8a23903
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ def _consensus(sets:dict)->tuple[dict, dict]:
 
 def top_weights_rows(sets:dict, # seed -> `TopK` (rank order)
                      refs:dict, # name -> WeightRef
-                     raw:dict|None=None, # the first seed's raw Hessian diagonal (Hessian metrics)
+                     raw:dict|None=None, # (tensor, flat) -> the first seed's raw Hessian diagonal there (Hessian metrics)
                     )->list[dict]:
     "Rows of `top_weights.csv`: rank, tensor, layer, kind, expert, row, col, flat, score, weight, [hessian_diag], seed, n_seeds_selected, consensus_rank."
     n, cons = _consensus(sets)
@@ -75,7 +75,7 @@ def top_weights_rows(sets:dict, # seed -> `TopK` (rank order)
             row = {"rank": rank, "tensor": name, "layer": ref.layer, "kind": ref.kind, "expert": None if e is None else int(e),
                    "row": r, "col": c, "flat": f, "score": s,
                    "weight": float(ref.param.detach().reshape(-1)[f])}
-            if raw is not None: row["hessian_diag"] = float(raw[name].reshape(-1)[f]) if seed == first else None
+            if raw is not None: row["hessian_diag"] = float(raw[(name, f)]) if seed == first else None
             row.update(seed=seed, n_seeds_selected=n[(name, f)], consensus_rank=cons[(name, f)])
             rows.append(row)
     return rows

@@ -206,7 +206,17 @@ class Profile(Result):
              mode:str|None=None, # 'per_layer' or 'global' (default: the profile's)
             )->list[dict]:
         "Rows of `top_weights.csv`: every seed's top-k, with how many seeds chose each weight and a consensus rank."
-        return RD.top_weights_rows({s: self.topk_set(s, k, mode) for s in self.seeds}, {r.name: r for r in self.study.refs}, self.raw0)
+        sets = {s: self.topk_set(s, k, mode) for s in self.seeds}
+        return RD.top_weights_rows(sets, {r.name: r for r in self.study.refs}, self.hessian0(sets[self.seeds[0]]))
+
+    def hessian0(self, tk:TopK # a top-k set of the first seed
+                )->dict|None:
+        "(tensor, flat) -> the first seed's raw Hessian diagonal, covering `tk` (Hessian metrics; else None)."
+        if self.raw0 is None: return None
+        keys = list(zip(tk.names, tk.flat.tolist()))
+        miss = [x for x in keys if x not in self.raw0]  # a top-k not selected while profiling: read from the score file
+        if miss: self.raw0.update(zip(miss, scores_at(self.paths[self.seeds[0]], miss, "raw").tolist()))
+        return self.raw0
 
     def topk(self, k:int|None=None, # k (default: the largest profiled)
              mode:str|None=None, # 'per_layer' or 'global' (default: the profile's)
@@ -364,7 +374,9 @@ def profile(self:Study, metric:str|None=None, # sensitivity metric (default: the
             # every rank perturbs its own copy of the model: the selections must be identical
             agree([(k, t.names, t.flat.tolist()) for k, t in prof.tops[seed].items()], f"the top-k of seed {seed}", self.env)
         if si == 0:
-            prof.raw0 = raw
+            # h at the profiled top-k only: the full set (on the device, where it fits) is freed with this seed's scores
+            keys = list(dict.fromkeys(x for t in prof.tops[seed].values() for x in zip(t.names, t.flat.tolist())))
+            prof.raw0 = None if raw is None else dict(zip(keys, scores_at(raw, keys).tolist()))
             if self.rank0: self._describe(prof, scores, seed, data)
         if writer is not None:
             with self.man.phase("score_writing_wait"): writer.result()  # a failed write fails the run, here

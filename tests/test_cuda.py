@@ -114,7 +114,9 @@ def test_metrics_match_cpu(metric):
     ref = compute_scores(m, select_weights(m), blocks, metric, **kw).scores
     md = m.to(DEV)
     for chunk in (None, 7):
-        got = compute_scores(md, select_weights(md), blocks, metric, loss_chunk=chunk, **kw).scores
+        res = compute_scores(md, select_weights(md), blocks, metric, loss_chunk=chunk, **kw)
+        got = res.scores
+        if res.raw is not None: assert {h.device.type for h in res.raw.values()} == {torch.device(DEV).type}  # room to keep h
         for n, r in ref.items():
             assert got[n].device.type == torch.device(DEV).type
             if metric == "hutchinson_diag" and DEV != "cpu":
@@ -174,3 +176,15 @@ def test_load_model_on_device(tmp_path):
     assert not any(hasattr(mod, "_hf_hook") for mod in m.modules())
     ids = torch.randint(0, 257, (2, 9))
     with torch.no_grad(): torch.testing.assert_close(m(ids.to(DEV)).logits.cpu(), ref(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_write_safetensors_from_device(tmp_path):
+    "Tensors on the device are written in pieces through a pinned buffer: the file is byte-identical to the CPU tensors'."
+    from esa_nb.store import write_safetensors
+    g = torch.Generator().manual_seed(6)
+    t = {"big": torch.randn(3_000_001, generator=g), "m": torch.randn(70, 33, generator=g), "e": torch.zeros(0), "i": torch.arange(5)}
+    for dtype in (None, torch.float16):
+        a, b = tmp_path / f"dev{dtype}.safetensors", tmp_path / f"cpu{dtype}.safetensors"
+        fl = {n: v for n, v in t.items() if v.is_floating_point() or dtype is None}
+        write_safetensors(a, _on(fl), {"x": "y"}, dtype); write_safetensors(b, fl, {"x": "y"}, dtype)
+        assert a.read_bytes() == b.read_bytes(), dtype
