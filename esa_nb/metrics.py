@@ -705,16 +705,16 @@ def _hutchinson_diag(model:nn.Module, # the causal LM (inside `_grad_scope`)
 def _obd(refs:list, # selected WeightRefs
          h:dict, # name -> Hessian diagonal estimate (fp32); replaced by CPU copies as scores are formed, unless there is room
         )->dict:
-    "Optimal Brain Damage saliency |½·h·w²| in fresh fp32 tensors; `h` moves to the CPU tensor by tensor where the device is short of memory."
-    keep, out = _room_for_both(h), {}
+    "Optimal Brain Damage saliency |½·h·w²| in fresh fp32 tensors; `h` moves to the CPU tensor by tensor unless the device has room to spare."
+    keep, out = _room_to_keep(h), {}
     for r in refs:
         out[r.name] = _f32_copy(r.param).square_().mul_(h[r.name]).mul_(0.5).abs_()
         if not keep: h[r.name] = h[r.name].cpu()  # frees the accelerator copy: one fp32 set on the device at a time
     return out
 
-def _room_for_both(h:dict, # name -> Hessian diagonal estimate (fp32), on any devices
-                  )->bool:
-    "Whether each CUDA device holding `h` can also hold the scores (a set of the same size) with a quarter and 1 GiB to spare."
+def _room_to_keep(h:dict, # name -> Hessian diagonal estimate (fp32), on any devices
+                 )->bool:
+    "Whether each CUDA device holding `h` can hold the scores (a set of the same size) and still have as much as `h` takes, plus 1 GiB, free."
     need = {}
     for t in h.values():
         if t.device.type == "cpu": continue
@@ -722,7 +722,7 @@ def _room_for_both(h:dict, # name -> Hessian diagonal estimate (fp32), on any de
         need[t.device] = need.get(t.device, 0) + t.numel() * t.element_size()
     for d, b in need.items():
         free = torch.cuda.mem_get_info(d)[0] + torch.cuda.memory_reserved(d) - torch.cuda.memory_allocated(d)  # the cache is free too
-        if free < 1.25 * b + 2**30: return False
+        if free < 2 * b + 2**30: return False  # h waits on the device to be written, through the top-k and the description
     return True
 
 # %% ../nbs/06_metrics.ipynb #d8a23903

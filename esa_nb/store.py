@@ -61,19 +61,20 @@ _ST_DTYPE = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
 def write_safetensors(path:Path, # destination (written atomically)
                       tensors:dict, # name -> tensor (any device); written one at a time, in this order
                       metadata:dict|None=None, # string -> string metadata
-                      dtype:torch.dtype|None=None, # cast each tensor to this dtype on the way out (None: keep)
+                      dtype:torch.dtype|dict|None=None, # cast to this dtype on the way out (a dict: per tensor name, others kept; None: keep)
                      )->Path:
     "A safetensors file written tensor by tensor: the header first (shapes are known), then each tensor's bytes, one on the host at a time."
+    cast = dtype.get if isinstance(dtype, dict) else (lambda n: dtype)
     hdr, off = {"__metadata__": dict(metadata or {})} if metadata else {}, 0
     for n, t in tensors.items():
-        dt = dtype or t.dtype; nb = t.numel() * torch.empty((), dtype=dt).element_size()
+        dt = cast(n) or t.dtype; nb = t.numel() * torch.empty((), dtype=dt).element_size()
         hdr[n] = {"dtype": _ST_DTYPE[dt], "shape": list(t.shape), "data_offsets": [off, off + nb]}; off += nb
     h = json.dumps(hdr, separators=(",", ":")).encode()
     h += b" " * (-len(h) % 8)  # the data start 8-byte aligned, as safetensors' own writer does
     def chunks():  # the file's bytes in order: header, then each tensor on the host, one at a time
         yield np.frombuffer(len(h).to_bytes(8, "little") + h, dtype=np.uint8)
         stage = []  # one pinned buffer for the whole file, made at the first CUDA tensor
-        for t in tensors.values(): yield from _host_bytes(t, dtype, stage)
+        for n, t in tensors.items(): yield from _host_bytes(t, cast(n), stage)
     with atomic_path(path) as tmp:
         if not _write_direct(tmp, chunks()):  # a file system without direct I/O: through the page cache
             with open(tmp, "wb") as f:
@@ -131,12 +132,12 @@ def save_scores(path:Path, # destination .safetensors
                 key:dict, # `score_key(...)`
                 dtype:str="fp32", # fp32, fp16 or bf16 for the stored scores (the top-k is always selected from fp32)
                )->Path:
-    "Write scores (and the raw Hessian diagonal) atomically as safetensors, streamed, with the key in the metadata."
+    "Write scores (and the raw Hessian diagonal, always fp32) atomically as safetensors, streamed, with the key in the metadata."
     t = {f"score/{n}": v for n, v in result.scores.items()}
     if result.raw: t.update({f"raw/{n}": v for n, v in result.raw.items()})
     meta = {"esa_key": sha256_json(key), "esa_key_fields": json.dumps(key, sort_keys=True), "score_dtype": dtype,
             "metric": result.metric, "info": json.dumps(result.info, default=str)}
-    return write_safetensors(path, t, meta, SCORE_DTYPES[dtype])
+    return write_safetensors(path, t, meta, {f"score/{n}": SCORE_DTYPES[dtype] for n in result.scores})  # h is reported as computed
 
 def score_file_meta(path:Path # a .safetensors score file
                    )->dict:
@@ -154,9 +155,9 @@ def load_scores(path:Path, # a .safetensors score file
         meta = dict(f.metadata() or {})
         for k in f.keys():
             kind, name = k.split("/", 1)
-            # scores beside their weights; the raw Hessian diagonal stays on the host, as when it is computed
+            # scores beside their weights; the raw Hessian diagonal stays on the host (only the top-k's entries are read from it)
             if kind == "score": scores[name] = f.get_tensor(k).to(devices.get(name, "cpu"), torch.float32)  # fp32 whatever was stored
-            else: raw[name] = f.get_tensor(k)
+            else: raw[name] = f.get_tensor(k).float()
     return scores, (raw or None), meta
 
 # %% ../nbs/12_store.ipynb #704e752a
