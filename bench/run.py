@@ -439,10 +439,14 @@ def _memory_breakdown(cfg, res):
     "Where a gradient metric's memory goes, against the target: weights + its extra <= 2.5 x fp32 weights + one batch's activations."
     from esa_nb.metrics import METRIC_SPECS
     rows = []
+    # one batch's activations are the model's and the batch's, not the metric's: every metric's process measures a bare
+    # forward+backward of the same batch, and a single RSS measure is noisy (sampled, after the allocator's history), so the
+    # median over all processes is taken
+    bare = sorted(r["bare_extra_bytes"] for r in res.values()); bare_med = bare[len(bare) // 2]
     for m, r in res.items():
         if not METRIC_SPECS[m].needs_grad: continue
         W, S, G, L = r["weight_bytes"], r["score_bytes"], r["grad_bytes"], r["logits_bytes"]
-        A = max(0, r["bare_extra_bytes"] - G)  # a bare forward+backward's peak beyond its gradients: one batch's activations
+        A = max(0, bare_med - G)  # a bare forward+backward's peak beyond its gradients: one batch's activations
         if r.get("bare_hvp_extra_bytes") is not None:  # second order: a bare HVP's peak beyond its g, z and Hz
             A = max(0, r["bare_hvp_extra_bytes"] - 3 * G)
         used, bound = W + r["metric_extra_bytes"], 2.5 * r["fp32_weight_bytes"] + A
@@ -453,6 +457,7 @@ def _memory_breakdown(cfg, res):
            "bound", "ratio (<= 1)"], rows)
     print(f"  the metrics run with the runner's default loss chunking (loss_chunk={next(iter(res.values())).get('loss_chunk')}); the bare "
           "forward+backward that measures one batch's activations keeps full logits.")
+    print(f"  bare forward+backward peaks over the {len(bare)} processes: {', '.join(f'{b / 2**30:.2f}' for b in bare)} GiB (the median is used)")
     print("  score buffers = 4 bytes per selected weight; gradients = the selected weights' .grad in their dtype; activations = the\n"
           "  peak of a bare forward+backward of one batch beyond its gradients (measured); for hutchinson_diag, of a bare Hessian-vector\n"
           "  product (eager attention, full logits: g = grad(L, create_graph=True), then grad(g, z)) beyond its g, z and Hz, because a\n"

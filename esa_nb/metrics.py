@@ -522,16 +522,16 @@ def _sampled_nll_chunked(model:nn.Module, # the causal LM
                         )->torch.Tensor:
     "[B*(T-1), S] -log p(ŷ) chunk by chunk: fused (one head pass per chunk), else sampled without a graph and checkpointed."
     h = last_hidden(model, ids)
-    S = u.shape[1]
+    S, c = u.shape[1], max(1, loss_chunk // 4)  # a sampled chunk holds three [c, V] fp32 tensors: logits, log-probabilities, CDF
     hf, uf = h.reshape(-1, h.shape[-1]), u.permute(0, 2, 1).reshape(-1, S)
     if _fusable(hf, head, False):
-        return _FusedHeadLoss.apply(hf, head, loss_chunk, lambda hd, x, rows: _sampled_chunk(hd, x, uf[rows]))[0]
+        return _FusedHeadLoss.apply(hf, head, c, lambda hd, x, rows: _sampled_chunk(hd, x, uf[rows]))[0]
     sel = []
-    for a in range(0, len(hf), loss_chunk):
+    for a in range(0, len(hf), c):
         with torch.no_grad():
-            lg = head(hf[a:a + loss_chunk])
-            y = _sample(torch.log_softmax(lg, -1, dtype=torch.promote_types(lg.dtype, torch.float32)), uf[a:a + loss_chunk])
-        sel.append(checkpoint(_neg_logp_at, head, hf[a:a + loss_chunk], y, use_reentrant=False))
+            lg = head(hf[a:a + c])
+            y = _sample(torch.log_softmax(lg, -1, dtype=torch.promote_types(lg.dtype, torch.float32)), uf[a:a + c])
+        sel.append(checkpoint(_neg_logp_at, head, hf[a:a + c], y, use_reentrant=False))
     return torch.cat(sel)
 
 def _sampled_backward(model:nn.Module, # the causal LM
