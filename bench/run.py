@@ -178,8 +178,8 @@ def _bare_fwd_bwd(model, refs, B, bs):
         for p in ps: p.requires_grad_(False); p.grad = None
 
 
-def _bare_hvp(model, refs, B, bs):
-    "A textbook Hessian-vector product per micro-batch (eager attention, full logits): g with graph, then grad(g, z)."
+def _bare_hvp(model, refs, B, bs, K=1):
+    "K textbook Hessian-vector products per micro-batch on one graph (eager attention, full logits): g with graph, then grad(g, z_k)."
     import torch
     from esa_nb.evaluate import sequence_nll
     from esa_nb.metrics import _eager_attention
@@ -190,9 +190,11 @@ def _bare_hvp(model, refs, B, bs):
             for i in range(0, len(B), bs):
                 s, _, _ = sequence_nll(model, B[i:i + bs])
                 g = torch.autograd.grad(s.sum(), ps, create_graph=True)
-                z = [torch.ones_like(p) for p in ps]
-                hz = torch.autograd.grad(g, ps, z)
-                del s, g, z, hz
+                for k in range(K):  # every probe but the last keeps the graph: its buffers are not freed as the pass goes
+                    z = [torch.ones_like(p) for p in ps]
+                    hz = torch.autograd.grad(g, ps, z, retain_graph=k < K - 1)
+                    del z, hz
+                del s, g
     finally:
         for p in ps: p.requires_grad_(False)
 
@@ -223,8 +225,8 @@ def w_metric(a):
     with Peak(dev) as pk: tm, _ = _timed(lambda: run(B), dev)
     hvp = None
     if a["metric"] == "hutchinson_diag":  # the activations of a second-order pass: a bare Hessian-vector product's
-        _bare_hvp(model, refs, B0, a["bs"])
-        with Peak(dev) as pk_hvp: _bare_hvp(model, refs, B, a["bs"])
+        _bare_hvp(model, refs, B0, a["bs"], a["K"])
+        with Peak(dev) as pk_hvp: _bare_hvp(model, refs, B, a["bs"], a["K"])
         hvp = pk_hvp.extra
     # time: interleaved pairs (bare, metric), so that other load on the machine hits both alike; medians
     pairs = [(tb, tm)] + [(_timed(lambda: bare(B), dev)[0], _timed(lambda: run(B), dev)[0]) for _ in range(a["repeat"] - 1)]
@@ -459,8 +461,9 @@ def _memory_breakdown(cfg, res):
           "forward+backward that measures one batch's activations keeps full logits.")
     print(f"  bare forward+backward peaks over the {len(bare)} processes: {', '.join(f'{b / 2**30:.2f}' for b in bare)} GiB (the median is used)")
     print("  score buffers = 4 bytes per selected weight; gradients = the selected weights' .grad in their dtype; activations = the\n"
-          "  peak of a bare forward+backward of one batch beyond its gradients (measured); for hutchinson_diag, of a bare Hessian-vector\n"
-          "  product (eager attention, full logits: g = grad(L, create_graph=True), then grad(g, z)) beyond its g, z and Hz, because a\n"
+          "  peak of a bare forward+backward of one batch beyond its gradients (measured); for hutchinson_diag, of K bare Hessian-vector\n"
+          "  products on one graph (eager attention, full logits: g = grad(L, create_graph=True), then grad(g, z_k), the graph kept for\n"
+          "  all but the last, as any K-probe estimate on one forward pass must) beyond their g, z and Hz, because a\n"
           "  second-order pass keeps the first backward's intermediates as well; logits = batch x tokens x vocabulary x 4 bytes\n"
           "  (computed, part of the activations); metric extra = the metric's measured peak beyond the loaded model.")
 
