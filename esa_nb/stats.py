@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,6 +175,10 @@ def _key_values(k:torch.Tensor)->torch.Tensor:
     "The fp32 value of each unsigned key (`_keys32`'s int32 key + 2³¹)."
     return torch.where(k >= _SIGN, k - _SIGN, -1 - k).to(torch.int32).view(torch.float32)
 
+def _key_float(k:int)->float:
+    "`_key_values` of one key, in plain Python (no tensor round trip)."
+    return struct.unpack("<f", struct.pack("<i", k - _SIGN if k >= _SIGN else -1 - k))[0]
+
 def _bin_starts()->torch.Tensor:
     "Smallest value of each 16-bit key bin (NaN bins clamped to ∓inf), plus +inf: bin b holds starts[b] <= v < starts[b+1]."
     v = _key_values(torch.arange(_B, dtype=torch.int64) << 16)
@@ -200,9 +205,11 @@ def _full_i32(v:int, device=None)->torch.Tensor: return torch.full((_B,), v, dty
 
 class _RadixSelect:
     "Two-pass exact selection of order statistics over a stream of fp32 tensors; optional per-bin sums and extremes (Gini)."
-    def __init__(self, gini:bool=False # also keep each bin's Σ value, min and max (non-negative values only)
+    def __init__(self, gini:bool=False, # also keep each bin's Σ value, min and max (non-negative values only)
+                 sparse:bool|None=None, # pass 2 keeps the entries inside the planned bins, not 65,536 counts per bin (None: when fewer)
                 ):
         self.cnt = torch.zeros(_B, dtype=torch.int64); self.n = 0; self._cum = self._lo_cum = None  # cumulative counts, cached
+        self.force, self.sparse, self.codes, self._seg = sparse, False, [], None  # sparse pass 2: slot·2¹⁶ + low bits of each entry
         self.lo, self.slot, self.sum_bins, self.sums, self._at, self._thru, self._gini = None, {}, [], {}, {}, {}, None
         # a bin's extremes as int32 keys (key order is value order): integer atomics on a GPU, not float64 CAS loops
         self.bsum, self.kmin, self.kmax = ((torch.zeros(_B, dtype=torch.float64), _full_i32(_I32.max), _full_i32(_I32.min))
@@ -244,11 +251,17 @@ class _RadixSelect:
              sum_ranks:list[int]=(), # ranks for which `above` must also sum the (positive) values above them
             )->None:
         "After pass 1: choose the bins to refine so that every rank in `ranks` and `sum_ranks` can be read."
-        self._at = {}; self._at = {r: self._bin(r) for r in {*ranks, *sum_ranks}}  # an earlier plan's bins are not reused
+        rs, cum = sorted({*ranks, *sum_ranks}), self._cumulative()  # an earlier plan's bins are not reused
+        bs = torch.searchsorted(cum, torch.tensor(rs, dtype=torch.int64), right=True).tolist()
+        below = cum[torch.tensor(bs) - 1].tolist() if rs else []
+        self._at = {r: (b, below[j] if b else 0) for j, (r, b) in enumerate(zip(rs, bs))}
         bins = sorted({b for b, _ in self._at.values()})
         self._thru = {b: int(self._cumulative()[b]) for b in bins}  # the count up to each planned bin, inclusive
         self.slot = {b: i for i, b in enumerate(bins)}
-        self.lo, self._lo_cum = None, None  # the low-bit histograms, allocated by the first refine
+        # sparse when the planned bins hold fewer entries than their dense counts would have cells: never more memory
+        m = int(self.cnt[bins].sum()) if bins else 0
+        self.sparse = self.force if self.force is not None else m <= len(bins) * _B
+        self.lo, self._lo_cum, self.codes, self._seg = None, None, [], None  # the low-bit histograms, allocated by the first refine
         self.sum_bins = sorted({self._at[r][0] for r in sum_ranks}); self.sums = {b: [0.0, 0.0] for b in self.sum_bins}
 
     def compact(self)->None:
@@ -267,28 +280,42 @@ class _RadixSelect:
               )->None:
         "Pass 2, for this selector: count the entries of a shared pass that fall inside its planned bins."
         if not self.slot: return
-        if self.lo is None: self.lo = torch.zeros(len(self.slot) * _B, dtype=torch.int64)
         o = smap.to(rows.device).index_select(0, rows); m = o >= 0
         i = (o[m] + low[m]).cpu()
+        if self.sparse: self.codes.append(i); self._seg = None; return
+        if self.lo is None: self.lo = torch.zeros(len(self.slot) * _B, dtype=torch.int64)
         self.lo.index_add_(0, i, torch.ones_like(i)); self._lo_cum = None
+
+    def _segments(self)->tuple[torch.Tensor, list]:
+        "Sparse pass 2: (the codes sorted, where each slot's codes start and end), cached until more are counted."
+        if self._seg is None:
+            sc = torch.sort(torch.cat(self.codes)).values if self.codes else torch.empty(0, dtype=torch.int64)
+            self.codes = [sc]; self._seg = (sc, torch.searchsorted(sc, torch.arange(len(self.slot) + 1) * _B).tolist())
+        return self._seg
 
     def key_at(self, r:int)->int:
         "The key of the r-th smallest value (0-based)."
         b, before = self._bin(r)
+        if self.sparse:  # the slot's codes in order: the (r − before)-th is the entry itself
+            sc, at = self._segments(); s = self.slot[b]
+            return (b << 16) | (int(sc[at[s] + r - before]) - s * _B)
         if self._lo_cum is None: self._lo_cum = self.lo.view(-1, _B).cumsum(1)  # one row per refined bin
         return (b << 16) | int(torch.searchsorted(self._lo_cum[self.slot[b]], torch.tensor([r - before]), right=True)[0])
 
-    def value_at(self, r:int)->float: return float(_key_values(torch.tensor([self.key_at(r)])))
+    def value_at(self, r:int)->float: return _key_float(self.key_at(r))
 
     def above(self, r:int)->tuple[int, float, float]:
         "(count, Σ value, Σ ln value) of the entries strictly above the r-th smallest value (r planned in `sum_ranks`)."
         key = self.key_at(r); b, l = key >> 16, key & (_B - 1)
-        c, (s, lg) = self.n - self._thru[b], self.sums[b]
-        cnt = self.lo[self.slot[b] * _B + l + 1:(self.slot[b] + 1) * _B]
-        nz = torch.nonzero(cnt).flatten()
+        c, (s, lg), o = self.n - self._thru[b], self.sums[b], self.slot[b] * _B
+        if self.sparse:  # the distinct codes above the key in its slot, with their counts: the same sums as the dense counts
+            sc, at = self._segments(); seg = sc[at[self.slot[b]]:at[self.slot[b] + 1]]
+            nz, w = torch.unique_consecutive(seg[seg > o + l], return_counts=True); nz = nz - (o + l + 1)
+        else:
+            cnt = self.lo[o + l + 1:o + _B]; nz = torch.nonzero(cnt).flatten(); w = cnt[nz]
         if nz.numel():
-            vals = _key_values((b << 16) + l + 1 + nz).double(); w = cnt[nz].double()
-            c += int(cnt[nz].sum()); s += float((w * vals).sum()); lg += float((w * vals.log()).sum())
+            vals = _key_values((b << 16) + l + 1 + nz).double(); c += int(w.sum()); w = w.double()
+            s += float((w * vals).sum()); lg += float((w * vals.log()).sum())
         return c, s, lg
 
     def gini(self)->tuple[float, float]:
