@@ -16,7 +16,8 @@ Sections
   scaling   forward+backward and grad_x_weight from tiny to small Llama configs, against the model's FLOPs and bytes
   torchrun  esa-runner alone vs torchrun with 1 and 2 processes on this machine
   attribute evaluations the causal-core search uses against k (synthetic effects, and a tiny model with a planted super weight)
-  plain     esa_nb against the plain PyTorch script a researcher would write (bench/plain_workflow.py): wall time and peak memory
+  plain     esa_nb against the plain PyTorch script a researcher would write (bench/plain_workflow.py): wall time and peak memory;
+            esa_nb's time outside the passes, split into the imports any transformers workflow pays and the rest
 Finally a projection for Llama-3.1-8B on one H100 from the measured ratios.
 """
 from __future__ import annotations
@@ -479,6 +480,23 @@ def sec_topk(cfg, R):
 
 PASS_PHASES = ("baseline", "profiling", "perturbation")  # the phases made of forward/backward passes
 
+def _import_floor(model:str, repeats:int)->float:
+    "Median wall time of a fresh process that starts Python and imports what any transformers workflow on `model` must import."
+    import statistics
+    p, mt = Path(model), None
+    if p.suffix == ".gguf":  # the cached conversion (made by the runs) holds the config
+        from esa_nb.models import convert_gguf
+        got = convert_gguf(p, build=False); p = got[0] if got else None
+    if p is not None and (p / "config.json").is_file(): mt = json.loads((p / "config.json").read_text()).get("model_type")
+    code = "import torch, transformers; from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer"
+    if mt: code += f"; import importlib; importlib.import_module('transformers.models.{mt}.modeling_{mt}')"  # the model class
+    code += "; import os; os._exit(0)"  # no interpreter teardown: esa-runner leaves with os._exit as well
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter(); subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=ROOT)
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
 def sec_plain(cfg, R):
     "esa_nb against the plain script a researcher would write (bench/plain_workflow.py), interleaved runs, medians."
     import statistics
@@ -526,14 +544,21 @@ def sec_plain(cfg, R):
     fb = [sum(x["phases"].get(k, 0.0) for k in PASS_PHASES) for x in runs["esa_nb"]]
     other = [x["wall_s"] - b for x, b in zip(runs["esa_nb"], fb)]
     pw = med["plain"]["wall_s"]
+    imp = _import_floor(model, cfg.plain_repeats)  # what no transformers workflow avoids: Python, torch and transformers' imports
+    ew = med["esa_nb"]["wall_s"]
     R["plain"]["passes"] = {"fwd_bwd_s": ph(fb), "other_s": ph(other), "other_share": ph(o / x["wall_s"] for o, x in zip(other, runs["esa_nb"])),
-                            "fwd_bwd_over_plain": ph(fb) / pw}
+                            "fwd_bwd_over_plain": ph(fb) / pw, "import_floor_s": imp}
     P = R["plain"]["passes"]
     table("esa_nb: the forward/backward passes against everything else (medians; target: everything else <= 10% of the run)",
           ["part", "s", "share of esa_nb's run", "over the plain workflow's wall time"],
           [["baseline + profiling + perturbation (forward/backward passes)", f(P["fwd_bwd_s"], 1), f(1 - P["other_share"]), f(P["fwd_bwd_over_plain"])],
-           ["everything else (process start, load, top-k, statistics, writing)", f(P["other_s"], 1), f(P["other_share"]), f(P["other_s"] / pw)]])
-    print("  the passes alone set the floor of the wall-time ratio: esa_nb / plain >= (forward/backward s) / (plain s).")
+           ["everything else (process start, load, top-k, statistics, writing)", f(P["other_s"], 1), f(P["other_share"]), f(P["other_s"] / pw)],
+           ["  of which starting Python and importing torch and transformers", f(imp, 1), f(imp / ew), f(imp / pw)],
+           ["  of which the rest: reading weights and text, top-k, statistics, writing", f(P["other_s"] - imp, 1),
+            f((P["other_s"] - imp) / ew), f((P["other_s"] - imp) / pw)]])
+    print("  the passes alone set the floor of the wall-time ratio: esa_nb / plain >= (forward/backward s) / (plain s).\n"
+          f"  imports: the median of {cfg.plain_repeats} fresh processes that only import torch, transformers' Auto classes and the "
+          "model's modelling module,\n  then leave with os._exit as esa-runner does; the plain workflow pays them too (and its teardown).")
 
 
 def w_measure(a):
