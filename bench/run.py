@@ -16,7 +16,8 @@ Sections
   scaling   forward+backward and grad_x_weight from tiny to small Llama configs, against the model's FLOPs and bytes
   torchrun  esa-runner alone vs torchrun with 1 and 2 processes on this machine
   attribute evaluations the causal-core search uses against k (synthetic effects, and a tiny model with a planted super weight)
-  plain     esa_nb against the plain PyTorch script a researcher would write (bench/plain_workflow.py): wall time and peak memory;
+  plain     esa_nb against the plain PyTorch script a researcher would write (bench/plain_workflow.py): wall time, peak memory
+            and minor page faults (esa-runner tunes glibc's malloc and huge pages first: esa_nb.host);
             esa_nb's time outside the passes, split into the imports any transformers workflow pays and the rest
 Finally a projection for Llama-3.1-8B on one H100 from the measured ratios.
 """
@@ -502,7 +503,7 @@ def sec_plain(cfg, R):
     import statistics
     from esa_nb.models import embedded_gguf_path
     exe = Path(sys.executable).parent / "esa-runner"  # the installed command, as a user runs it (else the module)
-    runner = [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys; from esa_nb.runner import main; sys.exit(main())"]
+    runner = [str(exe)] if exe.exists() else [sys.executable, "-c", "from esa_nb.host import runner_cli; runner_cli()"]
     tmp = Path(tempfile.mkdtemp(prefix="esa_bench_plain."))
     T, nc, ne = cfg.plain_seq, cfg.plain_blocks, cfg.plain_blocks
     dev = cfg.device if cfg.device != "auto" else "cpu"  # the targets are set on the CPU: CUDA only when asked for
@@ -523,12 +524,13 @@ def sec_plain(cfg, R):
                     assert not man.get("score_reuse"), "a benchmark run reused saved scores"
                 runs[name].append(r)
     finally: shutil.rmtree(tmp, ignore_errors=True)
-    med = {n: {k: statistics.median(x[k] for x in v) for k in ("wall_s", "peak_rss")} for n, v in runs.items()}
+    med = {n: {k: statistics.median(x.get(k) or 0 for x in v) for k in ("wall_s", "peak_rss", "minor_faults")} for n, v in runs.items()}
     spread = {n: {k: (min(x[k] for x in v), max(x[k] for x in v)) for k in ("wall_s", "peak_rss")} for n, v in runs.items()}
     R["plain"] = {"runs": runs, "median": med, "spread": spread}
     rows = [[n, f(med[n]["wall_s"], 1), f"{f(spread[n]['wall_s'][0], 1)}-{f(spread[n]['wall_s'][1], 1)}", _gb(med[n]["peak_rss"]),
-             f"{_gb(spread[n]['peak_rss'][0])}-{_gb(spread[n]['peak_rss'][1])}"] for n in runs]
-    rows.append(["esa_nb / plain", f(med["esa_nb"]["wall_s"] / med["plain"]["wall_s"]), "", f(med["esa_nb"]["peak_rss"] / med["plain"]["peak_rss"]), ""])
+             f"{_gb(spread[n]['peak_rss'][0])}-{_gb(spread[n]['peak_rss'][1])}", f"{med[n]['minor_faults'] / 1e6:.2f}M"] for n in runs]
+    rows.append(["esa_nb / plain", f(med["esa_nb"]["wall_s"] / med["plain"]["wall_s"]), "", f(med["esa_nb"]["peak_rss"] / med["plain"]["peak_rss"]), "",
+                 f(med["esa_nb"]["minor_faults"] / max(med["plain"]["minor_faults"], 1))])
     if dev != "cpu":  # device memory: the peak allocated by each workflow (the plain script prints its own)
         cu = {n: statistics.median(x.get("peak_cuda") or 0 for x in v) for n, v in runs.items()}
         med["esa_nb"]["peak_cuda"], med["plain"]["peak_cuda"] = cu["esa_nb"], cu["plain"]
@@ -536,7 +538,7 @@ def sec_plain(cfg, R):
     what = "embedded SmolLM2-135M" if not cfg.plain_model else Path(cfg.plain_model).name
     table(f"esa_nb against a plain PyTorch workflow on {dev}: {what}, {nc} calibration + {ne} evaluation blocks of {T}, "
           f"grad_x_weight global top-100, zero + random_k + bottom_k, seeds 0,1; median of {cfg.plain_repeats} interleaved runs "
-          "(targets: <= 0.6 wall, <= 0.5 peak memory)", ["workflow", "wall s", "range", "peak RSS", "range"], rows)
+          "(targets: <= 0.6 wall, <= 0.5 peak memory)", ["workflow", "wall s", "range", "peak RSS", "range", "minor page faults"], rows)
     ph = statistics.median  # where esa_nb's time goes (median over runs)
     keys = sorted({k for x in runs["esa_nb"] for k in x["phases"]})
     table("esa_nb phases (median seconds)", ["phase", "s"], [[k, f(ph(x["phases"].get(k, 0.0) for x in runs["esa_nb"]), 1)] for k in keys])
@@ -569,7 +571,8 @@ def w_measure(a):
     lines = p.stdout.strip().splitlines()
     try: said = json.loads(lines[-1]) if lines else {}
     except ValueError: said = {}
-    _emit({"wall_s": time.perf_counter() - t, "peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    _emit({"wall_s": time.perf_counter() - t, "peak_rss": ru.ru_maxrss * 1024, "minor_faults": ru.ru_minflt,
            "peak_cuda": said.get("peak_cuda") if isinstance(said, dict) else None})
 
 

@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from .host import host_tuning
+
 # %% auto #0
 __all__ = ['EXIT_USAGE', 'ESA_MARKERS', 'LOCK_NAME', 'TEMP_RE', 'DTYPES', 'SEED_RANGE', 'EsaError', 'os_error_message',
            'cli_entry', 'temp_prefix', 'atomic_write_bytes', 'atomic_write_text', 'write_json', 'read_json',
@@ -553,6 +555,7 @@ class RunManifest:
                 "config": self.config, "versions": package_versions(),
                 "device": str(self.device) if self.device else None,
                 "device_name": device_name(self.device) if self.device else None,
+                "host_memory": host_tuning(),  # malloc thresholds and huge pages set by the command-line tools (`22_host`)
                 **self.extra, "started": self.started, "finished": _now(),
                 "wall_seconds": time.perf_counter() - self.t0, "phase_seconds": self.phases,
                 "memory": self._memory()}

@@ -1,5 +1,6 @@
 """esa-runner and esa-compare: bad input (exit 2, one paragraph), reuse of saved scores, Ctrl-C safety, k sweeps."""
 import json
+import platform
 from pathlib import Path
 
 import pytest
@@ -237,5 +238,7 @@ def test_console_command_leaves_nothing_behind(tiny_dirs, tmp_path, monkeypatch)
     assert p.stdout.rstrip().endswith(f"results in {out}"), p.stdout
     man = json.loads((out / "experiment_manifest.json").read_text())
     assert man["status"] == "complete" and (out / "perturbation_results.json").is_file()
+    hm = man["host_memory"]  # the console script tuned the allocator before importing torch (esa_nb.host)
+    assert hm is not None and (hm["mmap_threshold"] == 256 << 20 or platform.libc_ver()[0] != "glibc"), hm
     assert not list(work.iterdir()), list(work.iterdir())  # no esa-study-* work directory, no temporary file
     assert not [f for f in out.rglob("*") if f.name.endswith(".tmp") or f.name.endswith(".lock")]
