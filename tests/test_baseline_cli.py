@@ -13,8 +13,10 @@ def _base(model, out, *extra):
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_baseline_end_to_end(tiny_dirs, tmp_path, family):
+def test_baseline_end_to_end(tiny_dirs, tmp_path, family, monkeypatch):
     out = tmp_path / "run"
+    monkeypatch.delenv("ESA_NB_HOST_TUNING", raising=False)
+    if family == "gpt2": monkeypatch.setenv("ESA_NB_HOST_TUNING", "0")  # the opt-out: the allocator is left as it is
     p = run_cli(*_base(tiny_dirs[family], out), check=0)
     assert "baseline: ppl" in p.stdout and str(out) in p.stdout
     m = json.loads((out / "baseline_metrics.json").read_text())
@@ -25,6 +27,7 @@ def test_baseline_end_to_end(tiny_dirs, tmp_path, family):
                 "phase_seconds", "memory"):
         assert key in man, key
     assert man["data"]["eval_tokens_sha256"] and man["model"]["weight_sha256"]
+    assert man["host_memory"]["tuned"] == (family != "gpt2"), man["host_memory"]  # esa_nb.host, before torch is imported
     assert json.loads((out / "config.json").read_text())["seq_len"] == 64
     # an existing run is never silently overwritten
     assert_clean_error(run_cli(*_base(tiny_dirs[family], out)), "--overwrite")
