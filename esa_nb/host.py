@@ -52,14 +52,19 @@ def _glibc():
     libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return libc
 
+_MMAP_CAP = 32 << 20  # the largest mmap threshold an older glibc accepts (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit)
+
 def _set_malloc(libc, mmap_threshold:int, trim_threshold:int)->tuple[dict|None, str|None]:
-    "Both thresholds or neither: ({'mmap_threshold', 'trim_threshold'} as set, or None; why not)."
+    "Both thresholds or neither, the mmap threshold capped at 32 MiB where glibc insists: (the values set, or None; a note)."
     if libc is None: return None, "not glibc"
-    if libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold) != 1:
-        return None, f"glibc {glibc_version()} refused an mmap threshold of {mmap_threshold} bytes (allocator left as it was)"
+    tries = [mmap_threshold] + ([_MMAP_CAP] if mmap_threshold > _MMAP_CAP else [])
+    got = next((v for v in tries if libc.mallopt(M_MMAP_THRESHOLD, v) == 1), None)
+    if got is None:
+        return None, f"glibc {glibc_version()} refused an mmap threshold of {tries[-1]} bytes (allocator left as it was)"
     if libc.mallopt(M_TRIM_THRESHOLD, trim_threshold) != 1:
         return None, f"glibc {glibc_version()} refused a trim threshold of {trim_threshold} bytes (the mmap threshold is set)"
-    return {"mmap_threshold": mmap_threshold, "trim_threshold": trim_threshold}, None
+    note = None if got == mmap_threshold else f"glibc {glibc_version()} caps the mmap threshold at {got} bytes"
+    return {"mmap_threshold": got, "trim_threshold": trim_threshold}, note
 
 def _state(tuned:bool, malloc:dict|None, note:str|None, huge:bool)->dict:
     return {"tuned": tuned, "malloc": malloc, "malloc_note": note, "glibc": glibc_version(), "thp_mode": thp_mode(),
