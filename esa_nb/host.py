@@ -81,9 +81,9 @@ def tune_host_memory(mmap_threshold:int=256 << 20, # bytes: smaller requests com
             raise ValueError(f"{n} must be an int of bytes from 0 to {_INT_MAX} (mallopt takes a C int), got {v!r}.")
     why = _malloc_choice()
     malloc, note = (None, why) if why else _set_malloc(_glibc(), mmap_threshold, trim_threshold)
-    if huge_pages and thp_mode() in ("always", "madvise") and "torch" not in sys.modules:
-        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # a user's own setting wins
-    huge = os.environ.get("THP_MEM_ALLOC_ENABLE") == "1" and thp_mode() in ("always", "madvise") and "torch" not in sys.modules
+    thp = thp_mode() in ("always", "madvise") and "torch" not in sys.modules  # torch reads the variable at its first allocation
+    if huge_pages and thp: os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # a user's own setting wins
+    huge = thp and os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"
     _APPLIED = _state(True, malloc, note, huge)
     return dict(_APPLIED)
 
