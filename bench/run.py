@@ -479,7 +479,7 @@ def sec_topk(cfg, R):
           f"{_gb(r['n_scores'] * 4)})", ["selection", "s", "extra memory"], rows)
 
 
-PASS_PHASES = ("baseline", "profiling", "perturbation")  # the phases made of forward/backward passes
+PASS_PHASES = ("baseline", "profiling", "perturbation")  # the phases made of forward/backward passes (the control draws are timed apart)
 
 def _import_floor(model:str, repeats:int)->float:
     "Median wall time of a fresh process that starts Python and imports what any transformers workflow on `model` must import."
@@ -554,7 +554,7 @@ def sec_plain(cfg, R):
     table("esa_nb: the forward/backward passes against everything else (medians; target: everything else <= 10% of the run)",
           ["part", "s", "share of esa_nb's run", "over the plain workflow's wall time"],
           [["baseline + profiling + perturbation (forward/backward passes)", f(P["fwd_bwd_s"], 1), f(1 - P["other_share"]), f(P["fwd_bwd_over_plain"])],
-           ["everything else (process start, load, top-k, statistics, writing)", f(P["other_s"], 1), f(P["other_share"]), f(P["other_s"] / pw)],
+           ["everything else (process start, load, top-k, control draws, statistics, writing)", f(P["other_s"], 1), f(P["other_share"]), f(P["other_s"] / pw)],
            ["  of which starting Python and importing torch and transformers", f(imp, 1), f(imp / ew), f(imp / pw)],
            ["  of which the rest: reading weights and text, top-k, statistics, writing", f(P["other_s"] - imp, 1),
             f((P["other_s"] - imp) / ew), f((P["other_s"] - imp) / pw)]])

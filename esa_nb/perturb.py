@@ -393,7 +393,6 @@ def changeable(values:torch.Tensor, # weights, in their storage dtype (any shape
     return w != 0
 
 # %% ../nbs/09_perturb.ipynb #3156f639
-_SMALL_NUMEL = 1 << 20  # at or below this many positions, permute instead of rejection sampling
 _MAX_DRAW = 1 << 24  # candidates per rejection round (bounds scratch memory)
 _SCAN = 1 << 24  # elements per step when a whole tensor is scanned (bounds scratch memory)
 
@@ -487,7 +486,7 @@ def random_k(shapes:Mapping[str, int|tuple|torch.Size|torch.Tensor], # name -> n
             fixed = f", {n_fixed} that {s.method} cannot change" if n_fixed else ""
             raise EsaError(f"cannot draw {k} random positions from {name!r}: it has {n} positions, {excl.numel()} excluded{fixed}, so only {avail} available.")
         if k == 0: pick = torch.empty(0, dtype=torch.int64)
-        elif n <= _SMALL_NUMEL or 2 * k > avail: pick = _sample_permute(n, k, excl, gen, keep)
+        elif 2 * k > avail: pick = _sample_permute(n, k, excl, gen, keep)
         else: pick = _sample_rejection(n, k, excl, gen, keep, avail)
         out[name] = pick.sort().values
     return out
@@ -595,7 +594,7 @@ def _draw_bin(flat:torch.Tensor, # flat weights
              )->torch.Tensor:
     "`count` distinct uniform positions from bin `b`, changeable and outside the top-k."
     n = flat.numel()
-    if n <= _SMALL_NUMEL or 2 * count > avail:
+    if 2 * count > avail:
         ok = torch.cat([_bins(flat[i:i + _SCAN], edges, s) == b for i in range(0, n, _SCAN)])
         return _sample_permute(n, count, top, gen, lambda c: ok[c])
     return _sample_rejection(n, count, top, gen, lambda c: _bins(flat[c.to(flat.device)], edges, s) == b, avail)

@@ -193,47 +193,57 @@ def _bincount(i:torch.Tensor, n:int, w:torch.Tensor|None=None)->torch.Tensor:
 
 def _keys32(c:torch.Tensor, # flat fp32 values
             nonneg:bool=False, # no value is negative (−0.0 aside): the bit pattern itself is the key
+            off:int=0, # subtracted from the bins (a selector whose histogram starts at bin `off`)
            )->tuple:
     "(the values with −0.0 made +0.0, their int32 keys, their 16-bit bins), with int32 bit operations only."
     c = c + 0.0; b = c.view(torch.int32)
     # signed int32 order = numeric order; the unsigned key is k + 2³¹
     k = b if nonneg else (b >> 31).bitwise_and_(0x7FFFFFFF).bitwise_xor_(b)
-    return c, k, (k >> 16).add_(0x8000)
+    return c, k, (k >> 16).add_(0x8000 - off)
+
+def _span(lo:float, hi:float)->tuple[int, int]:
+    "(first, last) 16-bit bin of the values in [lo, hi] (finite fp32 values; −0.0 as +0.0)."
+    return tuple(_keys32(torch.tensor([lo, hi], dtype=torch.float32))[2].tolist())
 
 _I32 = torch.iinfo(torch.int32)
-def _full_i32(v:int, device=None)->torch.Tensor: return torch.full((_B,), v, dtype=torch.int32, device=device)
+def _full_i32(v:int, n:int=_B, device=None)->torch.Tensor: return torch.full((n,), v, dtype=torch.int32, device=device)
 
 class _RadixSelect:
     "Two-pass exact selection of order statistics over a stream of fp32 tensors; optional per-bin sums and extremes (Gini)."
     def __init__(self, gini:bool=False, # also keep each bin's Σ value, min and max (non-negative values only)
                  sparse:bool|None=None, # pass 2 keeps the entries inside the planned bins, not 65,536 counts per bin (None: when fewer)
+                 span:tuple[int, int]|None=None, # (first, last) 16-bit bin the values can fall in, e.g. `_span(min, max)` (None: all)
                 ):
-        self.cnt = torch.zeros(_B, dtype=torch.int64); self.n = 0; self._cum = self._lo_cum = None  # cumulative counts, cached
+        # pass-1 arrays cover bins off .. off + L − 1 only: one tensor's scores span a few thousand bins, not 65,536
+        self.off, L = (0, _B) if span is None else (span[0], span[1] - span[0] + 1)
+        self.cnt = torch.zeros(L, dtype=torch.int64); self.n = 0; self._cum = self._lo_cum = None  # cumulative counts, cached
         self.force, self.sparse, self.codes, self._seg = sparse, False, [], None  # sparse pass 2: slot·2¹⁶ + low bits of each entry
         self.lo, self.slot, self.sum_bins, self.sums, self._at, self._thru, self._gini = None, {}, [], {}, {}, {}, None
         # a bin's extremes as int32 keys (key order is value order): integer atomics on a GPU, not float64 CAS loops
-        self.bsum, self.kmin, self.kmax = ((torch.zeros(_B, dtype=torch.float64), _full_i32(_I32.max), _full_i32(_I32.min))
+        self.bsum, self.kmin, self.kmax = ((torch.zeros(L, dtype=torch.float64), _full_i32(_I32.max, L), _full_i32(_I32.min, L))
                                            if gini else (None, None, None))
 
     def add(self, x:torch.Tensor, # flat fp32 values, in any order (−0.0 is counted as +0.0)
             nonneg:bool=False, # no value of x is negative (a faster key)
            )->None:
         "Pass 1: add a tensor's values to the 16-bit histogram (and to the per-bin sums and extremes), streamed in chunks."
+        L = self.cnt.numel()
         for a in range(0, x.numel(), _CHUNK):
-            c, k, hb = _keys32(x[a:a + _CHUNK], nonneg)
-            self.cnt += _bincount(hb, _B); self.n += c.numel(); self._cum, self._at = None, {}
+            c, k, hb = _keys32(x[a:a + _CHUNK], nonneg, self.off)
+            self.cnt += _bincount(hb, L); self.n += c.numel(); self._cum, self._at = None, {}  # a value outside the span fails here
             if self.bsum is None: continue
             hl = hb.long()
-            self.bsum += _bincount(hb, _B, c.double())
-            self.kmin = torch.minimum(self.kmin, _full_i32(_I32.max, c.device).scatter_reduce_(0, hl, k, "amin").cpu())
-            self.kmax = torch.maximum(self.kmax, _full_i32(_I32.min, c.device).scatter_reduce_(0, hl, k, "amax").cpu())
+            self.bsum += _bincount(hb, L, c.double())
+            self.kmin = torch.minimum(self.kmin, _full_i32(_I32.max, L, c.device).scatter_reduce_(0, hl, k, "amin").cpu())
+            self.kmax = torch.maximum(self.kmax, _full_i32(_I32.min, L, c.device).scatter_reduce_(0, hl, k, "amax").cpu())
 
     def merge(self, o:_RadixSelect # pass-1 counts of other values (e.g. one tensor's)
              )->None:
-        "Add another selector's pass-1 histogram (and its bin sums and extremes, where both keep them)."
-        self.cnt += o.cnt; self.n += o.n; self._cum, self._at = None, {}
+        "Add another selector's pass-1 histogram (and its bin sums and extremes, where both keep them); its span must lie in this one's."
+        s = slice(o.off - self.off, o.off - self.off + o.cnt.numel())
+        self.cnt[s] += o.cnt; self.n += o.n; self._cum, self._at = None, {}
         if self.bsum is not None:
-            self.bsum += o.bsum; self.kmin = torch.minimum(self.kmin, o.kmin); self.kmax = torch.maximum(self.kmax, o.kmax)
+            self.bsum[s] += o.bsum; torch.minimum(self.kmin[s], o.kmin, out=self.kmin[s]); torch.maximum(self.kmax[s], o.kmax, out=self.kmax[s])
 
     def _cumulative(self)->torch.Tensor:
         "The cumulative pass-1 counts (cached until the counts change)."
@@ -245,21 +255,28 @@ class _RadixSelect:
         if r in self._at: return self._at[r]
         cum = self._cumulative()
         b = int(torch.searchsorted(cum, torch.tensor([r]), right=True)[0])
-        return b, (int(cum[b - 1]) if b else 0)
+        return b + self.off, (int(cum[b - 1]) if b else 0)
+
+    def _through(self, b:int # a 16-bit bin (absolute)
+                )->int:
+        "How many values fall in bins up to b, inclusive (bins outside the span hold none)."
+        r = b - self.off
+        return 0 if r < 0 else self.n if r >= self.cnt.numel() else int(self._cumulative()[r])
 
     def plan(self, ranks:list[int], # 0-based ascending ranks to read after pass 2
              sum_ranks:list[int]=(), # ranks for which `above` must also sum the (positive) values above them
+             keys:list[int]=(), # unsigned keys of values for which `count_above` must count the values above them
             )->None:
-        "After pass 1: choose the bins to refine so that every rank in `ranks` and `sum_ranks` can be read."
+        "After pass 1: choose the bins to refine so that every rank in `ranks` and `sum_ranks`, and every count above `keys`, can be read."
         rs, cum = sorted({*ranks, *sum_ranks}), self._cumulative()  # an earlier plan's bins are not reused
         bs = torch.searchsorted(cum, torch.tensor(rs, dtype=torch.int64), right=True).tolist()
         below = cum[torch.tensor(bs) - 1].tolist() if rs else []
-        self._at = {r: (b, below[j] if b else 0) for j, (r, b) in enumerate(zip(rs, bs))}
-        bins = sorted({b for b, _ in self._at.values()})
-        self._thru = {b: int(self._cumulative()[b]) for b in bins}  # the count up to each planned bin, inclusive
+        self._at = {r: (b + self.off, below[j] if b else 0) for j, (r, b) in enumerate(zip(rs, bs))}
+        bins = sorted({b for b, _ in self._at.values()} | {k >> 16 for k in keys})
+        self._thru = {b: self._through(b) for b in bins}  # the count up to each planned bin, inclusive
         self.slot = {b: i for i, b in enumerate(bins)}
         # sparse when the planned bins hold fewer entries than their dense counts would have cells: never more memory
-        m = int(self.cnt[bins].sum()) if bins else 0
+        m = sum(self._through(b) - self._through(b - 1) for b in bins)
         self.sparse = self.force if self.force is not None else m <= len(bins) * _B
         self.lo, self._lo_cum, self.codes, self._seg = None, None, [], None  # the low-bit histograms, allocated by the first refine
         self.sum_bins = sorted({self._at[r][0] for r in sum_ranks}); self.sums = {b: [0.0, 0.0] for b in self.sum_bins}
@@ -304,15 +321,27 @@ class _RadixSelect:
 
     def value_at(self, r:int)->float: return _key_float(self.key_at(r))
 
+    def _in_bin_above(self, key:int # an unsigned key inside a planned bin
+                     )->tuple[torch.Tensor, torch.Tensor]:
+        "(the distinct keys above `key` inside its bin, as offsets from key + 1; how many entries hold each)."
+        b, l = key >> 16, key & (_B - 1); o = self.slot[b] * _B
+        if self.sparse:  # the distinct codes above the key in its slot, with their counts: the same as the dense counts
+            sc, at = self._segments(); seg = sc[at[self.slot[b]]:at[self.slot[b] + 1]]
+            nz, w = torch.unique_consecutive(seg[seg > o + l], return_counts=True)
+            return nz - (o + l + 1), w
+        if self.lo is None: return torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)  # nothing was counted
+        cnt = self.lo[o + l + 1:o + _B]; nz = torch.nonzero(cnt).flatten()
+        return nz, cnt[nz]
+
+    def count_above(self, key:int # unsigned key of a value (`_keys32` + 2³¹), planned in `keys`
+                   )->int:
+        "How many entries are strictly greater than the value of `key` (ties, and −0.0 against +0.0, are not greater)."
+        return self.n - self._thru[key >> 16] + int(self._in_bin_above(key)[1].sum())
+
     def above(self, r:int)->tuple[int, float, float]:
         "(count, Σ value, Σ ln value) of the entries strictly above the r-th smallest value (r planned in `sum_ranks`)."
         key = self.key_at(r); b, l = key >> 16, key & (_B - 1)
-        c, (s, lg), o = self.n - self._thru[b], self.sums[b], self.slot[b] * _B
-        if self.sparse:  # the distinct codes above the key in its slot, with their counts: the same sums as the dense counts
-            sc, at = self._segments(); seg = sc[at[self.slot[b]]:at[self.slot[b] + 1]]
-            nz, w = torch.unique_consecutive(seg[seg > o + l], return_counts=True); nz = nz - (o + l + 1)
-        else:
-            cnt = self.lo[o + l + 1:o + _B]; nz = torch.nonzero(cnt).flatten(); w = cnt[nz]
+        (c, (s, lg)), (nz, w) = (self.n - self._thru[b], self.sums[b]), self._in_bin_above(key)
         if nz.numel():
             vals = _key_values((b << 16) + l + 1 + nz).double(); c += int(w.sum()); w = w.double()
             s += float((w * vals).sum()); lg += float((w * vals.log()).sum())
@@ -386,14 +415,15 @@ def _plan(RX:_RadixSelect, # pass-1 counts of x
           RA:_RadixSelect, # pass-1 counts of |x| (RX itself when no value is negative)
           n:int, # number of values
           m:int, # Hill m
+          keys:list[int]=(), # unsigned keys of values whose counts of greater values of x are wanted (`count_above`)
          )->tuple[dict, dict]:
     "Plan the bins to refine: the quantile ranks of x, the tail ranks of |x|. Returns ({q: (rank, fraction)}, {field: count})."
     q_ranks = {q: (int(math.floor((n - 1) * q)), (n - 1) * q - math.floor((n - 1) * q)) for q in QUANTILES}
     share_c = {k: _top_count(n, inv) for k, inv in TOP_SHARES.items()}
     xr = [r for j, _ in q_ranks.values() for r in (j, min(j + 1, n - 1))]
     ar, asum = ([n - m - 1] if m else []), [n - c for c in share_c.values()] + ([n - m] if m else [])
-    if RA is RX: RX.plan(xr + ar, asum)
-    else: RX.plan(xr); RA.plan(ar, asum)
+    if RA is RX: RX.plan(xr + ar, asum, keys)
+    else: RX.plan(xr, keys=keys); RA.plan(ar, asum)
     return q_ranks, share_c
 
 def _read(RX:_RadixSelect, RA:_RadixSelect, # the refined selectors of x and |x| (see `_plan`)
@@ -417,38 +447,46 @@ def _read(RX:_RadixSelect, RA:_RadixSelect, # the refined selectors of x and |x|
 
 def _tensor_pass(x:torch.Tensor, # one tensor's values, flat fp32
                  m:int, # its Hill m
+                 keys:list[int]=(), # unsigned keys whose counts of greater values must be readable
                 )->tuple:
     "Pass 1 of one tensor: (moments, selector of x, selector of |x| (the same one when no value is negative), the plan of its ranks)."
     mom = Moments.of(x); signed = mom.min < 0
-    TX = _RadixSelect(gini=not signed); TX.add(x, not signed)
-    TA = _RadixSelect(gini=True) if signed else TX
+    TX = _RadixSelect(gini=not signed, span=_span(mom.min, mom.max)); TX.add(x, not signed)  # arrays over the tensor's range only
+    TA = _RadixSelect(gini=True, span=_span(0.0, max(-mom.min, mom.max))) if signed else TX
     if signed: TA.add(x.abs(), True)
-    return mom, TX, TA, _plan(TX, TA, x.numel(), m)
+    return mom, TX, TA, _plan(TX, TA, x.numel(), m, keys)
 
-def _score_pass1(scores:dict, names:list, hill:tuple):
+def _value_keys(vals:list[float])->list[int]:
+    "The unsigned fp32 keys of values (−0.0 as +0.0), as `key_at` returns them."
+    return [] if not vals else (_keys32(torch.tensor(vals, dtype=torch.float32))[1].long() + _SIGN).tolist()
+
+def _score_pass1(scores:dict, names:list, hill:tuple, keys:dict):
     "Pass 1, tensor by tensor: moments and the planned selectors of each tensor (compacted); the pass-1 counts of x and |x| over all."
     RX, RA = _RadixSelect(), _RadixSelect(gini=True)  # order statistics of x, and of |x|
     per, signed = {}, False
     for n in names:
         x = _work(scores[n]); m = _hill_m(x.numel(), *hill)
-        mom, TX, TA, plan = _tensor_pass(x, m)
+        mom, TX, TA, plan = _tensor_pass(x, m, keys.get(n, []))
         RX.merge(TX); RA.merge(TA); signed |= TA is not TX
         TX.compact(); TA.compact()  # a few numbers per tensor from here on, not 65,536-bin arrays
         per[n] = (mom, TX, TA, m, plan)
     return per, (RX if signed else RA), RA
 
 # %% ../nbs/08_stats.ipynb #7f313181
-def _score_pass2(scores:dict, names:list, per:dict, RX, RA, N:int, m:int)->tuple[dict, dict]:
+def _score_pass2(scores:dict, names:list, per:dict, RX, RA, N:int, m:int, keys:dict)->tuple[dict, dict, dict]:
     "Pass 2: each tensor visited once, refining its own planned bins and the overall ones together; (per-tensor, overall) statistics."
-    plan, out, total = _plan(RX, RA, N, m), {}, Moments()
+    plan, out, total = _plan(RX, RA, N, m, sorted({k for ks in keys.values() for k in ks})), {}, Moments()
+    above = {}  # name -> counts of greater values in that tensor, for each of its keys
     for n in names:  # no sort: only the entries inside the planned bins are counted
         mom, TX, TA, tm, tplan = per[n]; x = _work(scores[n])
         if TA is TX: _refine(x, [TX, RX] + ([RA] if RA is not RX else []), True)  # non-negative: x is its own |x|
         else: _refine(x, [TX, RX]); _refine(x.abs(), [TA, RA], True)
         out[n] = {**mom.as_dict(), **_read(TX, TA, x.numel(), tm, *tplan, mom)}
+        if n in keys: above[n] = [TX.count_above(k) for k in keys[n]]
         per[n] = (mom, None, None, tm, None); total = total.merge(mom)  # this tensor's low-bit histograms are freed
         del x
-    return out, {**total.as_dict(), **_read(RX, RA, N, m, *plan, total)}
+    counts = {n: {"in_tensor": above[n], "overall": [RX.count_above(k) for k in keys[n]]} for n in keys}
+    return out, {**total.as_dict(), **_read(RX, RA, N, m, *plan, total)}, counts
 
 def _score_methods()->dict:
     "How each statistic was computed (overall and per tensor alike)."
@@ -462,6 +500,18 @@ def _score_methods()->dict:
     return method
 
 # %% ../nbs/08_stats.ipynb #6b2694ae
+def _count_keys(count_above:dict|None, # tensor name -> values (see `score_stats`)
+                scores:dict, # the score tensors
+               )->dict[str, list[int]]:
+    "The unsigned fp32 keys of the values whose counts of greater scores are wanted, after checking names and values."
+    out = {}
+    for n, vals in (count_above or {}).items():
+        if n not in scores: raise EsaError(f"count_above names {n!r}, which is not among the {len(scores)} score tensors.")
+        vals = [float(v) for v in vals]
+        if not all(math.isfinite(v) for v in vals): raise EsaError(f"count_above[{n!r}] holds a NaN or infinite value; counts need finite values.")
+        out[n] = _value_keys(vals)
+    return out
+
 def score_stats(scores:dict[str, torch.Tensor], # parameter name -> score tensor (native shape, any device)
                 layer_of:dict[str, int|None]|None=None, # parameter name -> block index (None: outside the blocks); None skips per_layer
                 kind_of:dict[str, str]|None=None, # parameter name -> kind such as 'q_proj'; None skips per_kind
@@ -469,6 +519,7 @@ def score_stats(scores:dict[str, torch.Tensor], # parameter name -> score tensor
                 hill_m_min:int=10, # ... but at least this many ...
                 hill_m_max:int|None=None, # ... and at most this many (always at most n − 1)
                 log_bins:int|None=None, # also return `log_histogram(scores, log_bins)` under "log_histogram", from the same passes
+                count_above:dict[str, list[float]]|None=None, # tensor name -> values: how many scores exceed each, there and overall
                )->dict:
     "Distribution statistics per tensor, overall, per layer and per kind, streamed with O(largest tensor) memory and no sort."
     check_scores(scores, "score statistics")
@@ -478,16 +529,18 @@ def score_stats(scores:dict[str, torch.Tensor], # parameter name -> score tensor
     _check_map(layer_of, names, "layer_of"); _check_map(kind_of, names, "kind_of")
     N, hill = sum(scores[n].numel() for n in names), (hill_frac, hill_m_min, hill_m_max)
     log_bins = None if log_bins is None else _check_bins(log_bins)
-    per, RX, RA = _score_pass1(scores, names, hill)
+    keys = _count_keys(count_above, scores)
+    per, RX, RA = _score_pass1(scores, names, hill, keys)
     hist = None if log_bins is None else _shared_log_histogram(scores, log_bins, RA if RX is RA else None, per)
-    per_tensor, ov = _score_pass2(scores, names, per, RX, RA, N, _hill_m(N, *hill))
+    per_tensor, ov, counts = _score_pass2(scores, names, per, RX, RA, N, _hill_m(N, *hill), keys)
     ov["method"] = _score_methods(); moments = {n: per[n][0] for n in names}
     by_layer = _aggregate([(layer_of[n], moments[n]) for n in names], lambda k: (k is None, k if k is not None else 0)) if layer_of is not None else {}
     by_kind = _aggregate([(kind_of[n], moments[n]) for n in names], lambda k: str(k)) if kind_of is not None else {}
     return {"per_tensor": per_tensor, "overall": ov, "per_layer": by_layer, "per_kind": by_kind,
             "settings": {"hill_frac": hill_frac, "hill_m_min": hill_m_min, "hill_m_max": hill_m_max,
                          "quantiles": list(QUANTILES), "n_scores": N, "n_tensors": len(names)},
-            **({"log_histogram": hist} if hist is not None else {})}
+            **({"log_histogram": hist} if hist is not None else {}),
+            **({"count_above": {n: {"values": [float(v) for v in count_above[n]], **counts[n]} for n in keys}} if count_above else {})}
 
 # %% ../nbs/08_stats.ipynb #8bc6252f
 def _f64(x, name:str)->np.ndarray:

@@ -33,7 +33,7 @@ from .topk import topk_sweep, select_topk, TopK
 from .stats import (score_stats, paired_delta, pool_condition, verdict, stability_summary, per_tensor_jaccard, jaccard, fmt_num,
                           value_histogram, layer_kind_summary)
 from .perturb import perturbed, matched_random, matched_k, bottom_sweep, per_expert, resolve_bit, PerturbSettings
-from .superweight import SpikeScan, down_projections, scan_superweights, rank_candidates, router_load
+from .superweight import SpikeScan, down_projections, scan_superweights, rank_candidates, candidate_values, router_load
 from .store import score_key, save_scores, load_scores, find_scores, copy_scores, scores_at, write_safetensors
 from . import rundir as RD
 from .causal import SetEffects, core_search, ChannelHold, frequent_tokens, token_probs, read_weights_file
@@ -321,20 +321,25 @@ def _describe(self:Study, prof:Profile, # the profile being built
     with self.man.phase("phase2_outputs"):
         kind_of, layer_of = {r.name: r.kind for r in self.refs}, {r.name: r.layer for r in self.refs}
         tk = prof.topk_set(seed)
+        # the recorded scan's candidates are ranked by the statistics' own passes (fp32 scores, as every metric writes them)
+        above = (candidate_values(prof.spikes["candidates"], scores, R)
+                 if prof.spikes is not None and all(t.dtype == torch.float32 for t in scores.values()) else None)
         prof.data = {"metric": c.metric, "mode": c.mode, "topk": c.topk[-1], "seed": seed, "n_tensors": len(self.refs),
                      "n_weights": sum(r.numel for r in self.refs), "topk_threshold": float(tk.scores[-1]) if len(tk) else None,
-                     "stats": score_stats(scores, layer_of, kind_of, log_bins=80),  # with the histogram of log10(score), same passes
+                     # with the histogram of log10(score) and the candidates' counts, from the same passes
+                     "stats": score_stats(scores, layer_of, kind_of, log_bins=80, count_above=above),
                      "weight_histogram": value_histogram({n: p.detach() for n, p in self.params.items()}),
                      "topk_weight_values": [float(R[n].param.detach().reshape(-1)[f]) for n, f in zip(tk.names, tk.flat.tolist())],
                      "layer_kind": layer_kind_summary(scores, layer_of, kind_of, tk.counts())}
         prof.data["histogram"] = prof.data["stats"].pop("log_histogram")  # every metric's scores are >= 0: no |s| copy
+        counts = prof.data["stats"].pop("count_above", None)
         if any(r.fused or r.expert is not None for r in self.refs):  # Mixture of Experts: per layer x expert
             prof.data["experts"] = expert_summary(scores, self.refs, tk.by_tensor())
     with self.man.phase("superweight_scan"):
         if prof.spikes is not None: sw = {**prof.spikes, "pass": f"recorded during the {c.metric} scoring passes of seed {seed}"}
         else: sw = {**scan_superweights(self.model, data.calib[: c.superweight_blocks], batch_size=c.batch_size,
                                         progress=self.progress), "pass": "a separate inference pass"}
-        sw["candidates"] = rank_candidates(sw["candidates"], scores, R)
+        sw["candidates"] = rank_candidates(sw["candidates"], scores, R, counts=counts)
         sw["metric"] = c.metric
         if "experts" in prof.data: sw["router_load"] = router_load(self.model, data.calib[: c.superweight_blocks], c.batch_size)
     prof.superweights = sw
@@ -571,15 +576,15 @@ def perturb(self:Study, prof:Profile|None=None, # the profile whose top-k to dam
     if c.perturb is None: raise EsaError("no perturbation method: pass method= (zero, sign_flip, gauss_noise or bit_flip).")
     self.check_k(c.topk, c.mode)
     base, conds, notes = self.baseline().data, {}, {}
+    with self.man.phase("controls"):  # choosing the weights is selection work, timed apart from the evaluations; O(k) per set
+        plan = {(seed, kk): self.condition_sets(prof, seed, kk, c.settings, c.controls) for seed in prof.seeds for kk in c.topk}
     with self.man.phase("perturbation"):
-        for seed in prof.seeds:
-            for kk in c.topk:
-                sets, notes[(seed, kk)] = self.condition_sets(prof, seed, kk, c.settings, c.controls)
-                for name, sel in tqdm(sets.items(), desc=f"seed {seed} k={kk} conditions", disable=not self.progress, leave=False):
-                    r = run_condition(self.model, self.params, sel, self.data0.eval, base, c.settings, c, seed,
-                                      desc=f"seed {seed} k={kk} {name}", dist=self.env if self.env.distributed else None)
-                    conds.setdefault(kk, {}).setdefault(name, {})[seed] = r
-                    self.log.info(f"seed {seed} k={kk} {name}: ppl {r['ppl']:.4g} (ΔNLL {r['delta_nll']:.3g}), restored bit-identical")
+        for (seed, kk), (sets, notes[(seed, kk)]) in plan.items():
+            for name, sel in tqdm(sets.items(), desc=f"seed {seed} k={kk} conditions", disable=not self.progress, leave=False):
+                r = run_condition(self.model, self.params, sel, self.data0.eval, base, c.settings, c, seed,
+                                  desc=f"seed {seed} k={kk} {name}", dist=self.env if self.env.distributed else None)
+                conds.setdefault(kk, {}).setdefault(name, {})[seed] = r
+                self.log.info(f"seed {seed} k={kk} {name}: ppl {r['ppl']:.4g} (ΔNLL {r['delta_nll']:.3g}), restored bit-identical")
     self._perturbation = Perturbation(conds, base, c, notes)
     return self._perturbation
 

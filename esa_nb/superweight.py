@@ -21,7 +21,8 @@ from .weights import WeightRef, select_weights, layer_index, experts_modules, ro
 from .weights import check_recomputable, _proj, _n_experts
 
 # %% auto #0
-__all__ = ['DOWN_PATTERNS', 'DOWN_KINDS', 'down_projections', 'SpikeScan', 'scan_superweights', 'rank_candidates', 'router_load']
+__all__ = ['DOWN_PATTERNS', 'DOWN_KINDS', 'down_projections', 'SpikeScan', 'scan_superweights', 'candidate_values',
+           'rank_candidates', 'router_load']
 
 # %% ../nbs/10_superweight.ipynb #37b5870a
 DOWN_PATTERNS = [r"(down_proj|mlp\.c_proj|dense_4h_to_h|fc2|\.w2)(\.weight)?$"]
@@ -301,44 +302,70 @@ def _count_greater(t:torch.Tensor, # a score tensor (any shape, any device)
     out[order] = greater_sorted
     return out.tolist()
 
-def rank_candidates(candidates:list[dict], # `scan_superweights(...)["candidates"]` (needs name, row, col; expert for fused tensors)
-                    scores:dict[str, torch.Tensor], # parameter name -> score tensor in native shape (e.g. a metric's output)
-                    refs:list[WeightRef]|dict[str, WeightRef], # WeightRefs of (at least) the candidates' tensors, for the coordinates
-                   )->list[dict]:
-    "Copies of the candidates with their score, global rank (1 = highest) among all scores, and rank within their tensor."
-    check_scores(scores, "ranking super-weight candidates")
-    refs = refs if isinstance(refs, dict) else {r.name: r for r in refs}
-    dt = torch.float64 if any(t.dtype == torch.float64 for t in scores.values()) else torch.float32
-    n_all = sum(t.numel() for t in scores.values())
-    out = []
+def _scored(candidates:list[dict], scores:dict, refs:dict, dt:torch.dtype)->list[dict]:
+    "Copies of the candidates with their score (in `dt`) and tensor size; None where their tensor has no scores."
+    n_all, out = sum(t.numel() for t in scores.values()), []
     for c in candidates:
         c = dict(c, score=None, rank=None, rank_in_tensor=None, n_ranked=n_all, n_in_tensor=None)
         if c["name"] in scores:
             if c["name"] not in refs:
                 raise EsaError(f"rank_candidates needs the WeightRef of {c['name']!r} to find [{c['row']}, {c['col']}] "
                                "in its score tensor; pass refs=select_weights(model, ...) covering the candidates.")
-            t = scores[c["name"]]
-            ref = refs[c["name"]]
+            t, ref = scores[c["name"]], refs[c["name"]]
             if tuple(t.shape) != tuple(ref.param.shape):
                 raise EsaError(f"the score tensor of {c['name']!r} has shape {tuple(t.shape)}, but the weight is "
                                f"{tuple(ref.param.shape)}; scores must have the weight's native shape.")
             c["score"] = float(t.reshape(-1)[int(ref.flat_index(c["row"], c["col"], c.get("expert")))].to(dt))
             c["n_in_tensor"] = t.numel()
         out.append(c)
-    vals = [c["score"] for c in out if c["score"] is not None]
-    greater = [0] * len(vals)
-    for name, t in scores.items():
-        g = _count_greater(t, vals, dt)
-        greater = [a + b for a, b in zip(greater, g)]
-        j = 0
-        for c in out:
-            if c["score"] is None: continue
-            if c["name"] == name: c["rank_in_tensor"] = g[j] + 1
-            j += 1
-    j = 0
+    return out
+
+def _refs(refs)->dict: return refs if isinstance(refs, dict) else {r.name: r for r in refs}
+def _dtype(scores:dict)->torch.dtype: return torch.float64 if any(t.dtype == torch.float64 for t in scores.values()) else torch.float32
+
+def candidate_values(candidates:list[dict], # as for `rank_candidates`
+                     scores:dict[str, torch.Tensor], # parameter name -> score tensor in native shape
+                     refs:list[WeightRef]|dict[str, WeightRef], # WeightRefs of the candidates' tensors
+                    )->dict[str, list[float]]:
+    "Tensor name -> the scores of the candidates there: `score_stats(..., count_above=...)` counts what `rank_candidates` needs."
+    out = {}
+    for c in _scored(candidates, scores, _refs(refs), _dtype(scores)):
+        if c["score"] is not None: out.setdefault(c["name"], []).append(c["score"])
+    return out
+
+def _counted(out:list[dict], counts:dict)->list[tuple[int, int]]:
+    "(greater in the tensor, greater overall) of each scored candidate, read from `score_stats`'s `count_above`."
+    got = []
     for c in out:
         if c["score"] is None: continue
-        c["rank"] = greater[j] + 1; j += 1
+        cc = counts.get(c["name"], {})
+        if c["score"] not in cc.get("values", []):
+            raise EsaError(f"counts holds no count for the score {c['score']!r} of {c['name']!r}; pass score_stats(..., "
+                           "count_above=candidate_values(candidates, scores, refs))['count_above'] for the same scores.")
+        j = cc["values"].index(c["score"]); got.append((cc["in_tensor"][j], cc["overall"][j]))
+    return got
+
+def rank_candidates(candidates:list[dict], # `scan_superweights(...)["candidates"]` (needs name, row, col; expert for fused tensors)
+                    scores:dict[str, torch.Tensor], # parameter name -> score tensor in native shape (e.g. a metric's output)
+                    refs:list[WeightRef]|dict[str, WeightRef], # WeightRefs of (at least) the candidates' tensors, for the coordinates
+                    counts:dict|None=None, # `score_stats(scores, count_above=candidate_values(...))["count_above"]`: no pass of its own
+                   )->list[dict]:
+    "Copies of the candidates with their score, global rank (1 = highest) among all scores, and rank within their tensor."
+    check_scores(scores, "ranking super-weight candidates")
+    dt = _dtype(scores)
+    if counts is not None and dt != torch.float32:
+        raise EsaError("counts from score_stats compare fp32 values, but some score tensors are fp64; rank without counts.")
+    out = _scored(candidates, scores, _refs(refs), dt)
+    if counts is not None: got = _counted(out, counts)
+    else:
+        vals, names = [c["score"] for c in out if c["score"] is not None], [c["name"] for c in out if c["score"] is not None]
+        greater, inside = [0] * len(vals), [0] * len(vals)
+        for name, t in scores.items():
+            g = _count_greater(t, vals, dt)
+            greater = [a + b for a, b in zip(greater, g)]
+            inside = [b if n == name else a for a, b, n in zip(inside, g, names)]
+        got = list(zip(inside, greater))
+    for c, (a, b) in zip([c for c in out if c["score"] is not None], got): c["rank_in_tensor"], c["rank"] = a + 1, b + 1
     return out
 
 # %% ../nbs/10_superweight.ipynb #1a1ba575
