@@ -195,10 +195,10 @@ def _keys32(c:torch.Tensor, # flat fp32 values
             nonneg:bool=False, # no value is negative (−0.0 aside): the bit pattern itself is the key
             off:int=0, # subtracted from the bins (a selector whose histogram starts at bin `off`)
            )->tuple:
-    "(the values with −0.0 made +0.0, their int32 keys, their 16-bit bins), with int32 bit operations only."
-    c = c + 0.0; b = c.view(torch.int32)
-    # signed int32 order = numeric order; the unsigned key is k + 2³¹
-    k = b if nonneg else (b >> 31).bitwise_and_(0x7FFFFFFF).bitwise_xor_(b)
+    "(the values (−0.0 made +0.0 where signed), their int32 keys (−0.0 as +0.0), their 16-bit bins), with int32 bit operations only."
+    if nonneg: k = c.view(torch.int32) & 0x7FFFFFFF  # clearing the sign bit makes −0.0 +0.0: the bit pattern is the key
+    else:  # signed int32 order = numeric order (with −0.0 made +0.0 first); the unsigned key is k + 2³¹
+        c = c + 0.0; b = c.view(torch.int32); k = (b >> 31).bitwise_and_(0x7FFFFFFF).bitwise_xor_(b)
     return c, k, (k >> 16).add_(0x8000 - off)
 
 def _span(lo:float, hi:float)->tuple[int, int]:
