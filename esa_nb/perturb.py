@@ -502,16 +502,24 @@ def matched_random(selection:Mapping[str, torch.Tensor], # the top-k selection: 
     return random_k(shapes, counts, selection, generator, settings)
 
 # %% ../nbs/09_perturb.ipynb #72dce0db
+class _Changeable:
+    "name -> `changeable` mask of that tensor's weights; `at(name, flat)`: the same at those positions only (O(len(flat)))."
+    def __init__(self, params:Mapping[str, torch.Tensor], s:PerturbSettings): self.params, self.s = params, s
+    def __call__(self, n:str)->torch.Tensor: return changeable(self.params[n], self.s)
+    def at(self, n:str, flat:torch.Tensor)->torch.Tensor:
+        w = self.params[n].detach().reshape(-1)
+        return changeable(w[flat.to(w.device)], self.s).to(flat.device)
+
 def _changeable_of(scores:Mapping[str, torch.Tensor], # name -> score tensor
                    params, # name -> weights, or a model
                    settings:PerturbSettings, # the perturbation
-                  )->Callable[[str], torch.Tensor]:
-    "name -> `changeable` mask of that tensor's weights, after checking that every scored tensor has its weights."
+                  )->_Changeable:
+    "name -> `changeable` mask of that tensor's weights (and `.at` for a few positions), after checking that every scored tensor has its weights."
     params, s = _as_params(params), _as_settings(settings)
     missing = [n for n in scores if n not in params]
     if missing: raise EsaError(f"bottom-k needs the weights of every scored tensor, to tell which can change; {missing[0]!r} "
                                f"is not among the {len(params)} given parameters.")
-    return lambda n: changeable(params[n], s)
+    return _Changeable(params, s)
 
 def bottom_k(scores:dict[str, torch.Tensor], # parameter name -> score tensor
              k:int, # entries to select: in total (global) or per tensor (per_layer)

@@ -285,6 +285,21 @@ def _eligible_mask(eligible, # None, a dict name -> bool mask, or a function nam
                        f"got dtype {m.dtype} with {m.numel()} entries.")
     return m.reshape(-1)
 
+def _eligible_at(eligible, # as for `_eligible_mask`; a function may also have `.at(name, flat indices) -> bool per index`
+                 name:str, # the tensor
+                 t:torch.Tensor, # its scores
+                 i:torch.Tensor, # flat indices of the entries that could enter (on the scores' device)
+                )->tuple[torch.Tensor, torch.Tensor|None]:
+    "(the eligible ones among `i`, the tensor's whole mask or None): with `.at`, eligibility is read at `i` only, not for every entry."
+    at = getattr(eligible, "at", None) if callable(eligible) else None
+    if at is not None:
+        ok = torch.as_tensor(at(name, i)).reshape(-1)
+        if ok.dtype != torch.bool or ok.numel() != i.numel():
+            raise EsaError(f"the eligibility of {name!r} at {i.numel()} positions must be as many bools, got dtype {ok.dtype} with {ok.numel()} entries.")
+        return i[ok.to(i.device)], None
+    m = _eligible_mask(eligible, name, t)
+    return (i, None) if m is None else (i[m.to(i.device)[i]], m)
+
 def select_seeded(scores:dict[str, torch.Tensor], # parameter name -> score tensor (native shape, any device)
                   k:int, # entries to select: in total (global) or per tensor (per_layer)
                   mode:str="global", # 'global' or 'per_layer' (k within each tensor)
@@ -311,16 +326,16 @@ def select_seeded(scores:dict[str, torch.Tensor], # parameter name -> score tens
     for t, n in enumerate(names):
         x, m = flat(n), None
         if len(run[0]) == k:  # a tensor with no entry beyond the running k-th score cannot change the selection: skip it
-            beyond = x >= run[0][-1].item() if largest else x <= run[0][-1].item()
-            if not bool(beyond.any()): continue
-            m = _eligible_mask(eligible, n, scores[n])  # only now: eligibility costs a pass over the weights
-            if m is not None: beyond &= m.to(x.device)
-            i = torch.nonzero(beyond).flatten(); del beyond
+            i = torch.nonzero(x >= run[0][-1].item() if largest else x <= run[0][-1].item()).flatten()
+            if i.numel() == 0: continue
+            i, m = _eligible_at(eligible, n, scores[n], i)  # only now, and where possible at those entries alone
             if i.numel() == 0: continue
         else: m, i = _eligible_mask(eligible, n, scores[n]), None
         if i is not None and i.numel() <= k:  # at most k entries can enter: take them all (ordered below), no top-k of the tensor
             v, i = x[i].float().cpu(), i.cpu(); key = tie_keys(n, i, seed)
-        else: v, key, i = _tensor_select_seeded(x, k, largest, n, seed, m)
+        else:
+            if i is not None and m is None: m = _eligible_mask(eligible, n, scores[n])  # more than k compete: the whole mask after all
+            v, key, i = _tensor_select_seeded(x, k, largest, n, seed, m)
         run = [torch.cat([run[0], v]), torch.cat([run[1], key]), torch.cat([run[2], torch.full((len(i),), t)]), torch.cat([run[3], i])]
         o = torch.sort(run[1], stable=True).indices
         o = o[torch.sort(run[0][o], descending=largest, stable=True).indices][:k]
