@@ -503,10 +503,10 @@ def matched_random(selection:Mapping[str, torch.Tensor], # the top-k selection: 
 
 # %% ../nbs/09_perturb.ipynb #72dce0db
 class _Changeable:
-    "name -> `changeable` mask of that tensor's weights; `at(name, flat)`: the same at those positions only (O(len(flat)))."
+    "name -> `changeable` mask of that tensor's weights; `mask_at(name, flat)`: the same at those positions only (O(len(flat)))."
     def __init__(self, params:Mapping[str, torch.Tensor], s:PerturbSettings): self.params, self.s = params, s
     def __call__(self, n:str)->torch.Tensor: return changeable(self.params[n], self.s)
-    def at(self, n:str, flat:torch.Tensor)->torch.Tensor:
+    def mask_at(self, n:str, flat:torch.Tensor)->torch.Tensor:
         w = self.params[n].detach().reshape(-1)
         return changeable(w[flat.to(w.device)], self.s).to(flat.device)
 
@@ -514,11 +514,14 @@ def _changeable_of(scores:Mapping[str, torch.Tensor], # name -> score tensor
                    params, # name -> weights, or a model
                    settings:PerturbSettings, # the perturbation
                   )->_Changeable:
-    "name -> `changeable` mask of that tensor's weights (and `.at` for a few positions), after checking that every scored tensor has its weights."
+    "name -> `changeable` mask of that tensor's weights (and `.mask_at` for a few positions), after checking that every scored tensor has its weights."
     params, s = _as_params(params), _as_settings(settings)
     missing = [n for n in scores if n not in params]
     if missing: raise EsaError(f"bottom-k needs the weights of every scored tensor, to tell which can change; {missing[0]!r} "
                                f"is not among the {len(params)} given parameters.")
+    bad = [n for n in scores if params[n].numel() != scores[n].numel()]
+    if bad: raise EsaError(f"the scores of {bad[0]!r} have {scores[bad[0]].numel()} entries but its weights {params[bad[0]].numel()}; "
+                           "bottom-k needs one score per weight.")
     return _Changeable(params, s)
 
 def bottom_k(scores:dict[str, torch.Tensor], # parameter name -> score tensor

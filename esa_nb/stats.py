@@ -195,10 +195,11 @@ def _keys32(c:torch.Tensor, # flat fp32 values
             nonneg:bool=False, # no value is negative (−0.0 aside): the bit pattern itself is the key
             off:int=0, # subtracted from the bins (a selector whose histogram starts at bin `off`)
            )->tuple:
-    "(the values (−0.0 made +0.0 where signed), their int32 keys (−0.0 as +0.0), their 16-bit bins), with int32 bit operations only."
-    if nonneg: k = c.view(torch.int32) & 0x7FFFFFFF  # clearing the sign bit makes −0.0 +0.0: the bit pattern is the key
-    else:  # signed int32 order = numeric order (with −0.0 made +0.0 first); the unsigned key is k + 2³¹
-        c = c + 0.0; b = c.view(torch.int32); k = (b >> 31).bitwise_and_(0x7FFFFFFF).bitwise_xor_(b)
+    "(the values with −0.0 made +0.0, their int32 keys, their 16-bit bins), with int32 bit operations only."
+    # + 0.0 makes −0.0 +0.0, and flushes subnormals where torch flushes them (`set_flush_denormal`), as `aminmax` reads them
+    c = c + 0.0; b = c.view(torch.int32)
+    # signed int32 order = numeric order; the unsigned key is k + 2³¹
+    k = b if nonneg else (b >> 31).bitwise_and_(0x7FFFFFFF).bitwise_xor_(b)
     return c, k, (k >> 16).add_(0x8000 - off)
 
 def _span(lo:float, hi:float)->tuple[int, int]:
@@ -240,6 +241,8 @@ class _RadixSelect:
     def merge(self, o:_RadixSelect # pass-1 counts of other values (e.g. one tensor's)
              )->None:
         "Add another selector's pass-1 histogram (and its bin sums and extremes, where both keep them); its span must lie in this one's."
+        if o.off < self.off or o.off + o.cnt.numel() > self.off + self.cnt.numel():
+            raise ValueError(f"cannot merge bins {o.off}..{o.off + o.cnt.numel() - 1} into a selector of bins {self.off}..{self.off + self.cnt.numel() - 1}")
         s = slice(o.off - self.off, o.off - self.off + o.cnt.numel())
         self.cnt[s] += o.cnt; self.n += o.n; self._cum, self._at = None, {}
         if self.bsum is not None:
@@ -519,7 +522,7 @@ def score_stats(scores:dict[str, torch.Tensor], # parameter name -> score tensor
                 hill_m_min:int=10, # ... but at least this many ...
                 hill_m_max:int|None=None, # ... and at most this many (always at most n − 1)
                 log_bins:int|None=None, # also return `log_histogram(scores, log_bins)` under "log_histogram", from the same passes
-                count_above:dict[str, list[float]]|None=None, # tensor name -> values: how many scores exceed each, there and overall
+                count_above:dict[str, list[float]]|None=None, # tensor name -> values (compared as fp32): how many scores exceed each, there and overall
                )->dict:
     "Distribution statistics per tensor, overall, per layer and per kind, streamed with O(largest tensor) memory and no sort."
     check_scores(scores, "score statistics")

@@ -483,7 +483,8 @@ def condition_sets(self:Study, prof:Profile, # the profile
     sup = prof.topk_set(seed, k).by_tensor()
     sets, params, notes = {"super_weights": sup}, self.params, {}
     groups = {r.name: r.n_experts for r in self.refs if r.fused}  # fused experts: controls drawn per expert
-    # random_k keeps the seed itself (the draws of earlier releases); other controls get streams of their own
+    # random_k draws from the seed itself, as earlier releases did (their draws in tensors of up to 2^20 weights differ: they
+    # permuted, rejection sampling is used now); other controls get streams of their own
     gen = lambda c: torch.Generator().manual_seed(seed if c == "random_k" else _control_seed(seed, c))
     for c in controls:
         if c == "random_k": sets[c] = per_expert(matched_random, sup, params, groups, gen(c), settings=settings)

@@ -285,13 +285,13 @@ def _eligible_mask(eligible, # None, a dict name -> bool mask, or a function nam
                        f"got dtype {m.dtype} with {m.numel()} entries.")
     return m.reshape(-1)
 
-def _eligible_at(eligible, # as for `_eligible_mask`; a function may also have `.at(name, flat indices) -> bool per index`
+def _eligible_at(eligible, # as for `_eligible_mask`; a function may also have `.mask_at(name, flat indices) -> bool per index`
                  name:str, # the tensor
                  t:torch.Tensor, # its scores
                  i:torch.Tensor, # flat indices of the entries that could enter (on the scores' device)
                 )->tuple[torch.Tensor, torch.Tensor|None]:
-    "(the eligible ones among `i`, the tensor's whole mask or None): with `.at`, eligibility is read at `i` only, not for every entry."
-    at = getattr(eligible, "at", None) if callable(eligible) else None
+    "(the eligible ones among `i`, the tensor's whole mask or None): with `.mask_at`, eligibility is read at `i` only, not for every entry."
+    at = getattr(eligible, "mask_at", None) if callable(eligible) else None
     if at is not None:
         ok = torch.as_tensor(at(name, i)).reshape(-1)
         if ok.dtype != torch.bool or ok.numel() != i.numel():
