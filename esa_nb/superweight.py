@@ -333,11 +333,10 @@ def candidate_values(candidates:list[dict], # as for `rank_candidates`
         if c["score"] is not None: out.setdefault(c["name"], []).append(c["score"])
     return out
 
-def _counted(out:list[dict], counts:dict)->list[tuple[int, int]]:
-    "(greater in the tensor, greater overall) of each scored candidate, read from `score_stats`'s `count_above`."
+def _counted(scored:list[dict], counts:dict)->list[tuple[int, int]]:
+    "(greater in the tensor, greater overall) of each candidate with a score, read from `score_stats`'s `count_above`."
     got = []
-    for c in out:
-        if c["score"] is None: continue
+    for c in scored:
         cc = counts.get(c["name"], {})
         if c["score"] not in cc.get("values", []):
             raise EsaError(f"counts holds no count for the score {c['score']!r} of {c['name']!r}; pass score_stats(..., "
@@ -356,16 +355,16 @@ def rank_candidates(candidates:list[dict], # `scan_superweights(...)["candidates
     if counts is not None and dt != torch.float32:
         raise EsaError("counts from score_stats compare fp32 values, but some score tensors are fp64; rank without counts.")
     out = _scored(candidates, scores, _refs(refs), dt)
-    if counts is not None: got = _counted(out, counts)
+    scored = [c for c in out if c["score"] is not None]
+    if counts is not None: got = _counted(scored, counts)
     else:
-        vals, names = [c["score"] for c in out if c["score"] is not None], [c["name"] for c in out if c["score"] is not None]
-        greater, inside = [0] * len(vals), [0] * len(vals)
+        vals, greater, inside = [c["score"] for c in scored], [0] * len(scored), [0] * len(scored)
         for name, t in scores.items():
             g = _count_greater(t, vals, dt)
             greater = [a + b for a, b in zip(greater, g)]
-            inside = [b if n == name else a for a, b, n in zip(inside, g, names)]
+            inside = [b if c["name"] == name else a for a, b, c in zip(inside, g, scored)]
         got = list(zip(inside, greater))
-    for c, (a, b) in zip([c for c in out if c["score"] is not None], got): c["rank_in_tensor"], c["rank"] = a + 1, b + 1
+    for c, (a, b) in zip(scored, got): c["rank_in_tensor"], c["rank"] = a + 1, b + 1
     return out
 
 # %% ../nbs/10_superweight.ipynb #1a1ba575
