@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from .core import EsaError, atomic_path, get_logger, sha256_json
-from .metrics import METRIC_SPECS
+from .metrics import METRIC_SPECS, HESSIAN_METRICS
 
 # %% auto #0
 __all__ = ['SCORE_DTYPES', 'model_identity', 'score_key', 'write_safetensors', 'save_scores', 'score_file_meta', 'load_scores',
-           'check_score_file', 'find_scores', 'copy_scores', 'scores_at']
+           'check_score_file', 'score_file_bytes', 'check_free_space', 'find_scores', 'copy_scores', 'scores_at']
 
 # %% ../nbs/12_store.ipynb #1ace5005
 def model_identity(info:dict # `model.esa_info`
@@ -185,6 +185,30 @@ def check_score_file(path:Path, # a .safetensors score file
                 if (x < 0).any(): return f"{n} holds negative scores, which {metric} never gives"
     except Exception as e: return f"it is not a readable safetensors file ({type(e).__name__}: {str(e)[:150]})"
     return None
+
+# %% ../nbs/12_store.ipynb #2e8301b8
+def score_file_bytes(refs:list, # the selected WeightRefs
+                     metric:str, # the metric (a Hessian metric also stores its raw diagonal, in fp32)
+                     dtype:str="fp32", # the stored dtype of the scores
+                    )->int:
+    "The size of a seed's score file, header aside: one score per weight at `dtype`, plus the raw fp32 diagonal of a Hessian metric."
+    n = sum(r.numel for r in refs)
+    return n * SCORE_DTYPES[dtype].itemsize + (4 * n if metric in HESSIAN_METRICS else 0)
+
+def _gib(n:int)->str: return f"{n / 2**30:.2f} GiB"
+
+def check_free_space(path:Path, # the file about to be written (the nearest existing folder on its way is measured)
+                     nbytes:int, # the bytes it needs
+                     hint:str="", # what the user can change, appended to the error
+                    )->int:
+    "Refuse, before the work that produces it, a file larger than the free space of the disk that will hold it; return the free bytes."
+    d = Path(path).parent
+    while not d.exists() and d != d.parent: d = d.parent
+    free = shutil.disk_usage(d).free
+    if nbytes > free:
+        raise EsaError(f"{Path(path).name} needs {_gib(nbytes)} and the disk holding {Path(path).parent} has {_gib(free)} free, so the run "
+                       f"would fail after the scoring. Free some space{hint}.")
+    return free
 
 # %% ../nbs/12_store.ipynb #be67bfd0
 _KEY_NAMES = {"model": "model", "calib_tokens_sha256": "calibration data (dataset, --seq-len or --max-samples)",

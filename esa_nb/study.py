@@ -34,7 +34,7 @@ from .stats import (score_stats, paired_delta, pool_condition, verdict, stabilit
                           value_histogram, layer_kind_summary)
 from .perturb import perturbed, matched_random, matched_k, bottom_sweep, per_expert, resolve_bit, PerturbSettings
 from .superweight import SpikeScan, down_projections, scan_superweights, rank_candidates, candidate_values, router_load
-from .store import score_key, save_scores, load_scores, find_scores, copy_scores, scores_at, write_safetensors
+from .store import score_key, save_scores, load_scores, find_scores, copy_scores, scores_at, write_safetensors, check_free_space, score_file_bytes
 from . import rundir as RD
 from .causal import SetEffects, core_search, ChannelHold, frequent_tokens, token_probs, read_weights_file
 
@@ -272,6 +272,11 @@ def _options(self:Study, **kw)->EsaConfig:
     "The study's config with the given options (None: keep), validated."
     return dataclasses.replace(self.cfg, **{k: v for k, v in kw.items() if v is not None})
 
+_SPACE_HINT = {True: ", choose an --out-dir on another disk, or store less: --score-dtype bf16 halves the file, --save-scores topk or none "
+                     "keeps the top-k or nothing",
+               False: ", or point TMPDIR at a disk with room (a study keeps each seed's scores in a temporary folder while it runs), "
+                      "or pass --score-dtype bf16 to halve them"}
+
 @patch
 def _seed_scores(self:Study, prof:Profile, # the profile being built
                  seed:int, # the seed
@@ -296,6 +301,7 @@ def _seed_scores(self:Study, prof:Profile, # the profile being built
         else: dst = Path(found)
         writer = None
     else:
+        on_ranks(lambda: check_free_space(dst, score_file_bytes(self.refs, c.metric, c.score_dtype), _SPACE_HINT[direct]), self.env, where="main")
         with scan if scan is not None else nullcontext():
             res = compute_scores(self.model, self.refs, data.calib, c.metric, batch_size=c.batch_size, seed=seed,
                                  hutchinson_samples=c.hutchinson_samples, hessian_mc_samples=c.hessian_mc_samples, progress=self.progress,

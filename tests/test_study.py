@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from esa_nb.config import EsaConfig
+from esa_nb.core import EsaError
 from esa_nb.runner import run_esa
 from esa_nb.study import Study
 
@@ -36,11 +37,14 @@ PINNED = {
 def test_numbers_as_before_the_refactor(metric, tiny_dirs, tmp_path):
     s = run_esa(EsaConfig(model=str(tiny_dirs["llama"]), metric=metric, out_dir=str(tmp_path / "run"), **ARGS))
     pin = PINNED[metric]
-    assert s["baseline_ppl"] == pytest.approx(pin["baseline_ppl"], rel=1e-12)
+    assert s["baseline_ppl"] == pytest.approx(pin["baseline_ppl"], rel=1e-6)
     assert s["jaccard_mean"] == pytest.approx(pin["jaccard_mean"])
     pr = json.loads((tmp_path / "run" / "perturbation_results.json").read_text())
-    assert pr["super_weights"]["delta_nll_per_seed"] == pytest.approx(pin["super_per_seed"], rel=1e-9, abs=1e-12)
-    assert pr["random_k"]["delta_nll_per_seed"] == pytest.approx(pin["random_per_seed"], rel=1e-9, abs=1e-12)
+    # A block's NLL sum is an fp32 sum of about 200 nats, and the BLAS takes other kernels on other CPUs (AVX2, AVX-512): one
+    # ulp there (2^-16) moves a ΔNLL over 186 tokens by 8.2e-8, as seen between two CI machines. A real change moves it by far more.
+    ulps = 4 * 2**-16 / 186
+    assert pr["super_weights"]["delta_nll_per_seed"] == pytest.approx(pin["super_per_seed"], rel=0, abs=ulps)
+    assert pr["random_k"]["delta_nll_per_seed"] == pytest.approx(pin["random_per_seed"], rel=0, abs=ulps)
     rows = list(csv.DictReader(open(tmp_path / "run" / "top_weights.csv")))
     assert [(r["tensor"], int(r["flat"])) for r in rows[:5]] == pin["top"]
 
@@ -88,7 +92,9 @@ def test_study_and_runner_write_the_same_results(tiny_dirs, tmp_path):
 
 def test_the_snippet_on_the_embedded_model(tmp_path):
     "The one end-to-end test on the embedded SmolLM2-135M: the issue's snippet, at a small size, gives the demo's verdict."
-    s = Study("smollm2-135m", dataset="pydoc", seq_len=64, eval_samples=8, device="cpu", no_progress=True, mode="global")
+    # bf16 scores: the study's two score files take 0.4 GB of disk rather than 0.85 GB (the top-k is still selected from fp32)
+    s = Study("smollm2-135m", dataset="pydoc", seq_len=64, eval_samples=8, device="cpu", no_progress=True, mode="global",
+              score_dtype="bf16")
     base = s.baseline()
     assert 5 < base["ppl"] < 200  # honest evaluation: natural text, a small model
     prof = s.profile("grad_x_weight", seeds=[0, 1], max_samples=4)
@@ -98,6 +104,24 @@ def test_the_snippet_on_the_embedded_model(tmp_path):
     assert res.results[100]["super_weights"]["delta_nll"] > 1.0
     out = s.save(tmp_path / "my-study")
     assert (out / "perturbation_results.json").is_file() and (out / "scores" / "seed1.safetensors").is_file()
+    work = s.work; s.close(); assert not work.exists()  # the temporary scores go at once, not when the study is collected
+
+
+def test_refuses_a_full_disk_before_scoring(tiny_dirs, tmp_path, monkeypatch):
+    "A disk without room for a seed's scores stops the run before the scoring, with the size, the free space and the remedies."
+    import shutil as sh
+    from esa_nb import store
+    real = sh.disk_usage
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    called = []
+    monkeypatch.setattr("esa_nb.study.compute_scores", lambda *a, **k: called.append(1))
+    s = Study(str(tiny_dirs["llama"]), dataset="pydoc", seq_len=32, max_samples=4, eval_samples=4, device="cpu", no_progress=True)
+    with pytest.raises(EsaError, match="TMPDIR") as e: s.profile("grad_x_weight", seeds=[0])
+    assert "has 0.00 GiB free" in str(e.value) and not called
+    s.close()
+    cfg = EsaConfig(model=str(tiny_dirs["llama"]), metric="magnitude", out_dir=str(tmp_path / "run"), **ARGS)
+    with pytest.raises(EsaError, match="--save-scores topk or none"): run_esa(cfg)
+    assert not called and not (tmp_path / "run" / "scores" / "seed3.safetensors").exists()
 
 
 @pytest.mark.parametrize("policy", ["topk", "none"])
