@@ -507,8 +507,10 @@ class _Changeable:
     def __init__(self, params:Mapping[str, torch.Tensor], s:PerturbSettings): self.params, self.s = params, s
     def __call__(self, n:str)->torch.Tensor: return changeable(self.params[n], self.s)
     def mask_at(self, n:str, flat:torch.Tensor)->torch.Tensor:
-        w = self.params[n].detach().reshape(-1)
-        return changeable(w[flat.to(w.device)], self.s).to(flat.device)
+        p = self.params[n].detach(); i = flat.to(p.device)
+        # a strided tensor (a transposed or tied view) is read at its row-major positions, not copied whole by reshape
+        w = p.reshape(-1)[i] if p.is_contiguous() else p[torch.unravel_index(i, p.shape)]
+        return changeable(w, self.s).to(flat.device)
 
 def _changeable_of(scores:Mapping[str, torch.Tensor], # name -> score tensor
                    params, # name -> weights, or a model
