@@ -543,7 +543,7 @@ def score_stats(scores:dict[str, torch.Tensor], # parameter name -> score tensor
             "settings": {"hill_frac": hill_frac, "hill_m_min": hill_m_min, "hill_m_max": hill_m_max,
                          "quantiles": list(QUANTILES), "n_scores": N, "n_tensors": len(names)},
             **({"log_histogram": hist} if hist is not None else {}),
-            **({"count_above": {n: {"values": [float(v) for v in count_above[n]], **counts[n]} for n in keys}} if count_above else {})}
+            **({"count_above": {n: {"values": [float(v) for v in count_above[n]], **counts[n]} for n in keys}} if count_above is not None else {})}
 
 # %% ../nbs/08_stats.ipynb #8bc6252f
 def _f64(x, name:str)->np.ndarray:
