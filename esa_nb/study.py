@@ -273,7 +273,7 @@ def _options(self:Study, **kw)->EsaConfig:
     return dataclasses.replace(self.cfg, **{k: v for k, v in kw.items() if v is not None})
 
 _SPACE_HINT = {True: ", choose an --out-dir on another disk, or store less: --score-dtype bf16 halves the file, --save-scores topk or none "
-                     "keeps the top-k or nothing",
+                     "keeps the top-k or nothing here (the full scores then wait in a temporary folder, under TMPDIR, until the run ends)",
                False: ", or point TMPDIR at a disk with room (a study keeps each seed's scores in a temporary folder while it runs), "
                       "or pass --score-dtype bf16 to halve them"}
 
